@@ -1,0 +1,1 @@
+"""Triton kernels of mumo_fast (imported as mumo_fast.kernels)."""

@@ -1,0 +1,183 @@
+"""Public functional ops: FiLM fused into linear, conv and batch norm, with a task axis.
+
+Shapes and semantics: SPEC section 5. Every op takes ``backend=`` ("auto" by
+default, see :func:`set_backend`); every backend computes the same function and
+is differentiable to any order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+from torch import Tensor
+
+from . import _validate, backends, reference
+from .backends import available_backends
+from .functions import (
+    FilmBatchNormFunction,
+    FilmConv2dFunction,
+    FilmLinearFunction,
+    FilmLinearLowRankFunction,
+)
+
+__all__ = [
+    "film_linear",
+    "film_linear_lowrank",
+    "film_conv2d",
+    "film_batch_norm",
+    "clamped_sgd",
+    "set_backend",
+    "get_backend",
+    "available_backends",
+]
+
+_default_backend = "auto"
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend used when an op is called with backend=None."""
+    global _default_backend
+    _default_backend = backends.check_name(name, "name")
+
+
+def get_backend() -> str:
+    return _default_backend
+
+
+def _pick(backend: str | None, x: Tensor, op: str) -> str:
+    name = _default_backend if backend is None else backends.check_name(backend)
+    return backends.resolve(name, x.device, op)
+
+
+def film_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    activation: str = "none",
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """act((x @ weight^T + bias) * gamma + beta).
+
+    x [T, N, IN]; weight [T, OUT, IN] or [OUT, IN]; bias [T, OUT] or [OUT];
+    gamma, beta [T, OUT]. Returns [T, N, OUT].
+    """
+    _validate.check_linear(x, weight, bias, gamma, beta, activation)
+    name = _pick(backend, x, "film_linear")
+    if name == "reference":
+        return reference.film_linear(x, weight, bias, gamma, beta, activation)
+    y, _ = FilmLinearFunction.apply(
+        x, weight, bias, gamma, beta, activation, backends.load(name)
+    )
+    return y
+
+
+def film_linear_lowrank(
+    x: Tensor,
+    weight: Tensor,
+    u: Tensor,
+    v: Tensor,
+    bias: Tensor | None = None,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    activation: str = "none",
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """film_linear with per-task weights ``weight + v[t]^T u[t]`` kept in low-rank form.
+
+    x [T, N, IN]; weight [OUT, IN] (shared); u [T, R, IN]; v [T, R, OUT];
+    bias [T, OUT] or [OUT]; gamma, beta [T, OUT]. Returns [T, N, OUT].
+    The [T, OUT, IN] per-task weights are never built.
+    """
+    _validate.check_linear_lowrank(x, weight, u, v, bias, gamma, beta, activation)
+    name = _pick(backend, x, "film_linear_lowrank")
+    if name == "reference":
+        return reference.film_linear_lowrank(x, weight, u, v, bias, gamma, beta, activation)
+    y, _ = FilmLinearLowRankFunction.apply(
+        x, weight, u, v, bias, gamma, beta, activation, backends.load(name)
+    )
+    return y
+
+
+def film_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    activation: str = "none",
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """act((conv2d(x, weight) + bias) * gamma + beta).
+
+    x [T, N, C, H, W]; weight [T, O, C, KH, KW] or [O, C, KH, KW]; bias [T, O] or [O];
+    gamma, beta [T, O]. Returns [T, N, O, H', W'].
+    """
+    stride, padding = _validate.check_conv(
+        x, weight, bias, gamma, beta, stride, padding, activation
+    )
+    name = _pick(backend, x, "film_conv2d")
+    if name == "reference":
+        return reference.film_conv2d(x, weight, bias, gamma, beta, stride, padding, activation)
+    y, _ = FilmConv2dFunction.apply(
+        x, weight, bias, gamma, beta, stride, padding, activation, backends.load(name)
+    )
+    return y
+
+
+def film_batch_norm(
+    x: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    eps: float = 1e-5,
+    activation: str = "none",
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """act(((x - mean) / sqrt(var + eps) * weight + bias) * gamma + beta), batch
+    statistics per task and channel over N (and H, W).
+
+    x [T, N, C] or [T, N, C, H, W]; weight, bias [T, C] or [C]; gamma, beta [T, C].
+    """
+    _validate.check_batch_norm(x, weight, bias, gamma, beta, eps, activation)
+    name = _pick(backend, x, "film_batch_norm")
+    if name == "reference":
+        return reference.film_batch_norm(x, weight, bias, gamma, beta, eps, activation)
+    y, _, _ = FilmBatchNormFunction.apply(
+        x, weight, bias, gamma, beta, float(eps), activation, backends.load(name)
+    )
+    return y
+
+
+def clamped_sgd(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    lr: float | Sequence[float | Tensor],
+    clamp: float | None = None,
+    *,
+    backend: str | None = None,
+) -> list[Tensor]:
+    """The inner-loop update ``theta - lr * clamp(grad, -clamp, clamp)`` for every
+    fast weight; differentiable (second order stays exact). ``lr`` is one float or
+    one per parameter (a float or a learnable tensor)."""
+    params, grads = list(params), list(grads)
+    _validate.check_update(params, grads, lr, clamp)
+    if not params:
+        return []
+    name = _pick(backend, params[0], "clamped_sgd")
+    module = None if name == "reference" else backends.load(name)
+    fused = getattr(module, "clamped_sgd", None)
+    if fused is not None:
+        return fused(params, grads, lr, clamp)
+    return reference.clamped_sgd(params, grads, lr, clamp)
+
+

@@ -1,0 +1,109 @@
+"""Backend ``eager``: the raw-op contract implemented with plain torch ops.
+
+This file *is* the contract every compiled backend (``cpp``, ``triton``)
+implements with fused kernels.  Raw ops are forward-only computations on
+validated tensors (no autograd of their own; the autograd Functions in
+``mumo_fast.ops.functions`` call them under no-grad).  Conventions:
+
+* ``act`` is one of ``"none" | "relu" | "tanh" | "sigmoid"``.
+* Per-channel vectors (bias, gamma, beta, bn weight/bias) arrive as contiguous
+  ``[T, C]`` tensors (shared ones already expanded) or ``None``.
+* "4-D epilogue layout": a pre-FiLM tensor ``z`` is viewed as ``[T, N, C, S]``
+  (S = 1 for linear, H*W for conv/norm), contiguous.
+* Every returned tensor is a fresh contiguous tensor of the input dtype;
+  reductions ``[T, C]`` are always returned (zeros are fine where unused).
+
+It is also the vmap fallback of the compiled backends, and a backend in its
+own right: the Function layer with unfused kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import reference as ref
+
+
+def linear_fwd(x, weight, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
+    """x [T,N,IN], weight [T,OUT,IN] | [OUT,IN] -> (y, z) both [T,N,OUT]; z = x W^T + b."""
+    z = ref.linear_pre_film(x, weight, bias)
+    return ref.film_epilogue(z, gamma, beta, act), z
+
+
+def linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
+    """x [T,N,IN], weight [OUT,IN], u [T,R,IN], v [T,R,OUT] -> (y, z) both [T,N,OUT]."""
+    t, n, i = x.shape
+    z = (x.reshape(t * n, i) @ weight.t()).reshape(t, n, -1)
+    z = z + torch.bmm(torch.bmm(x, u.transpose(1, 2)), v)
+    if bias is not None:
+        z = z + bias.unsqueeze(1)
+    return ref.film_epilogue(z, gamma, beta, act), z
+
+
+def conv_fwd(x, weight, bias, gamma, beta, stride, padding, act: str) -> tuple[Tensor, Tensor]:
+    """x [T,N,C,H,W], weight [T,O,C,KH,KW] | [O,C,KH,KW] -> (y, z) both [T,N,O,H',W']."""
+    z = ref.conv_pre_film(x, weight, bias, tuple(stride), tuple(padding))
+    return ref.film_epilogue(z, gamma, beta, act), z
+
+
+def activation_grad_from_output(y: Tensor, act: str) -> Tensor | None:
+    """d act(u) / du written as a function of y = act(u); None means 1."""
+    if act == "none":
+        return None
+    if act == "relu":
+        return (y > 0).to(y.dtype)
+    if act == "tanh":
+        return 1 - y * y
+    return y * (1 - y)
+
+
+def epilogue_bwd(gy, y, z, gamma, act: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward of y = act(z*gamma + beta) in the 4-D layout [T,N,C,S].
+
+    Returns dz [T,N,C,S], dgamma = sum du*z, dbeta = sum du, dbias = sum dz
+    (each [T,C], sums over N and S), where du = gy * act'(y) and dz = du * gamma.
+    """
+    d = activation_grad_from_output(y, act)
+    du = gy if d is None else gy * d
+    dz = du if gamma is None else du * gamma[:, None, :, None]
+    dgamma = (du * z).sum(dim=(1, 3))
+    dbeta = du.sum(dim=(1, 3))
+    dbias = dz.sum(dim=(1, 3))
+    return dz, dgamma, dbeta, dbias
+
+
+def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str) -> tuple[Tensor, Tensor, Tensor]:
+    """x [T,N,C,S] -> (y [T,N,C,S], mean [T,C], rstd [T,C]) with batch statistics over N, S."""
+    mean = x.mean(dim=(1, 3))
+    var = x.var(dim=(1, 3), unbiased=False)
+    rstd = torch.rsqrt(var + eps)
+    z = (x - mean[:, None, :, None]) * rstd[:, None, :, None]
+    if weight is not None:
+        z = z * weight[:, None, :, None]
+    if bias is not None:
+        z = z + bias[:, None, :, None]
+    return ref.film_epilogue(z, gamma, beta, act), mean, rstd
+
+
+def bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act: str):
+    """First-order backward of bn_fwd. Returns (dx, dweight, dbias, dgamma, dbeta), each
+    reduction [T,C]; dx [T,N,C,S]."""
+    xhat = (x - mean[:, None, :, None]) * rstd[:, None, :, None]
+    z = xhat
+    if weight is not None:
+        z = z * weight[:, None, :, None]
+    if bias is not None:
+        z = z + bias[:, None, :, None]
+    dz, dgamma, dbeta, dbias = epilogue_bwd(gy, y, z, gamma, act)
+    dweight = (dz * xhat).sum(dim=(1, 3))
+    dxhat = dz if weight is None else dz * weight[:, None, :, None]
+    m = x.shape[1] * x.shape[3]
+    s1 = dxhat.sum(dim=(1, 3), keepdim=True) / m
+    s2 = (dxhat * xhat).sum(dim=(1, 3), keepdim=True) / m
+    dx = rstd[:, None, :, None] * (dxhat - s1 - xhat * s2)
+    return dx, dweight, dbias, dgamma, dbeta
+
+
+def available() -> bool:
+    return True
