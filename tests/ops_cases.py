@@ -1,0 +1,63 @@
+"""Random inputs for the ops tests: fresh draws every call, odd sizes, every optional
+argument present or absent, shared or per-task weights."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from mumo_fast.ops import available_backends
+
+ACTIVATIONS = ("none", "relu", "tanh", "sigmoid")
+FUSED_BACKENDS = [b for b in available_backends() if b != "reference"]
+
+
+def rand(*shape, dtype=torch.float32, grad=False):
+    t = torch.randn(*shape, dtype=dtype)
+    return t.requires_grad_(grad)
+
+
+def optional_flags():
+    """(bias, gamma, beta) present/absent: all 8 combinations."""
+    return list(itertools.product((True, False), repeat=3))
+
+
+def linear_args(t, n, i, o, shared, flags, dtype, grad=False, shared_bias=False):
+    has_b, has_g, has_be = flags
+    x = rand(t, n, i, dtype=dtype, grad=grad)
+    w = rand(o, i, dtype=dtype, grad=grad) if shared else rand(t, o, i, dtype=dtype, grad=grad)
+    b = (rand(o, dtype=dtype, grad=grad) if shared_bias else rand(t, o, dtype=dtype, grad=grad)) if has_b else None
+    g = (1 + 0.5 * rand(t, o, dtype=dtype)).requires_grad_(grad) if has_g else None
+    be = rand(t, o, dtype=dtype, grad=grad) if has_be else None
+    return x, w, b, g, be
+
+
+def conv_args(t, n, c, h, w, o, k, shared, flags, dtype, grad=False):
+    has_b, has_g, has_be = flags
+    x = rand(t, n, c, h, w, dtype=dtype, grad=grad)
+    wt = rand(o, c, k, k, dtype=dtype, grad=grad) if shared else rand(t, o, c, k, k, dtype=dtype, grad=grad)
+    b = (rand(o, dtype=dtype, grad=grad) if shared else rand(t, o, dtype=dtype, grad=grad)) if has_b else None
+    g = (1 + 0.5 * rand(t, o, dtype=dtype)).requires_grad_(grad) if has_g else None
+    be = rand(t, o, dtype=dtype, grad=grad) if has_be else None
+    return x, wt, b, g, be
+
+
+def bn_args(shape, shared, flags, dtype, grad=False):
+    has_w, has_b, has_g, has_be = flags
+    t, c = shape[0], shape[2]
+    x = (3 * rand(*shape, dtype=dtype) + 1.5).requires_grad_(grad)
+
+    def vec(present):
+        if not present:
+            return None
+        return rand(c, dtype=dtype, grad=grad) if shared else rand(t, c, dtype=dtype, grad=grad)
+
+    w, b = vec(has_w), vec(has_b)
+    g = (1 + 0.5 * rand(t, c, dtype=dtype)).requires_grad_(grad) if has_g else None
+    be = rand(t, c, dtype=dtype, grad=grad) if has_be else None
+    return x, w, b, g, be
+
+
+def tol(dtype):
+    return {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-10}
