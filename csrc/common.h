@@ -1,0 +1,82 @@
+// Shared helpers of the CPU kernels: activation codes, optional per-channel
+// vectors, and the fused FiLM epilogue declarations (epilogue.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Optional.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace mumo_fast {
+
+enum class Act : int { None = 0, Relu = 1, Tanh = 2, Sigmoid = 3 };
+
+inline Act parse_act(c10::string_view s) {
+  if (s == "none") return Act::None;
+  if (s == "relu") return Act::Relu;
+  if (s == "tanh") return Act::Tanh;
+  if (s == "sigmoid") return Act::Sigmoid;
+  TORCH_CHECK(false, "mumo_fast: activation must be none|relu|tanh|sigmoid, got ", std::string(s));
+}
+
+// d act(u) / du written as a function of y = act(u).
+template <typename scalar_t>
+inline scalar_t act_grad_from_y(scalar_t y, Act a) {
+  switch (a) {
+    case Act::Relu:
+      return y > scalar_t(0) ? scalar_t(1) : scalar_t(0);
+    case Act::Tanh:
+      return scalar_t(1) - y * y;
+    case Act::Sigmoid:
+      return y * (scalar_t(1) - y);
+    default:
+      return scalar_t(1);
+  }
+}
+
+// A [T, C] vector argument that may be absent: data pointer, or a row of `fill`
+// values shared by every task (so that the inner loops stay branch-free).
+template <typename scalar_t>
+struct TCVec {
+  const scalar_t* ptr;
+  int64_t task_stride;
+  std::vector<scalar_t> fill_buf;
+
+  TCVec(const c10::optional<at::Tensor>& v, int64_t C, scalar_t fill) {
+    if (v.has_value() && v->defined()) {
+      ptr = v->data_ptr<scalar_t>();
+      task_stride = C;
+    } else {
+      fill_buf.assign(static_cast<size_t>(C), fill);
+      ptr = fill_buf.data();
+      task_stride = 0;
+    }
+  }
+  const scalar_t* row(int64_t t) const { return ptr + t * task_stride; }
+};
+
+inline c10::optional<at::Tensor> contig(const c10::optional<at::Tensor>& v) {
+  if (v.has_value() && v->defined()) return v->contiguous();
+  return c10::nullopt;
+}
+
+void check_tc(const c10::optional<at::Tensor>& v, const char* name, const at::Tensor& like,
+              int64_t T, int64_t C);
+
+// z = in + bias and y = act(z * gamma + beta) for tasks [t0, t0 + tcount) of the
+// contiguous [T, N, C, S] tensors z, y. `in` holds those tasks' pre-bias values,
+// addressed as in[(t - t0) * in_st + n * in_sn + c * S + s]; it may alias z.
+void epilogue_fwd_into(const at::Tensor& in, int64_t in_st, int64_t in_sn, int64_t t0,
+                       int64_t tcount, at::Tensor& z, at::Tensor& y,
+                       const c10::optional<at::Tensor>& bias,
+                       const c10::optional<at::Tensor>& gamma,
+                       const c10::optional<at::Tensor>& beta, Act act);
+
+// Activations that are not fused into the passes (tanh, sigmoid) are applied
+// in place afterwards with ATen's vectorised kernels.
+void finish_activation(at::Tensor& y, Act act);
+
+}  // namespace mumo_fast

@@ -1,0 +1,86 @@
+// conv_fwd: convolution through ATen, then the fused epilogue writing z and y.
+// Per-task weights: a loop over tasks (one conv per task, epilogue straight from
+// its output) or one grouped convolution ([N, T*C, H, W], groups=T); which one
+// is chosen by pick_grouped() from measurements (bench/ops_cpu.py).
+#include <torch/library.h>
+
+#include <cstdlib>
+
+#include "common.h"
+
+namespace mumo_fast {
+
+namespace {
+
+// MUMO_FAST_CPP_CONV=loop|grouped overrides the rule (for benchmarking).
+bool pick_grouped(int64_t T, int64_t N, int64_t C, int64_t S_in) {
+  if (const char* env = std::getenv("MUMO_FAST_CPP_CONV")) {
+    if (std::string(env) == "grouped") return true;
+    if (std::string(env) == "loop") return false;
+  }
+  // Measured on a 2-core Xeon (torch 2.13): the loop wins where each task's conv
+  // is large; the grouped conv wins on small images, where per-call overhead dominates.
+  (void)T;
+  (void)C;
+  return N * S_in <= 80 * 49;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> conv_fwd(const at::Tensor& x_in, const at::Tensor& w_in,
+                                            const c10::optional<at::Tensor>& bias_in,
+                                            const c10::optional<at::Tensor>& gamma_in,
+                                            const c10::optional<at::Tensor>& beta_in,
+                                            at::IntArrayRef stride, at::IntArrayRef padding,
+                                            c10::string_view act_name) {
+  const Act act = parse_act(act_name);
+  TORCH_CHECK(x_in.dim() == 5, "mumo_fast.conv_fwd: x must be [T, N, C, H, W], got ",
+              x_in.sizes());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2,
+              "mumo_fast.conv_fwd: stride and padding must be pairs");
+  const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  const int64_t T = x.size(0), N = x.size(1), C = x.size(2), H = x.size(3), W = x.size(4);
+  const bool per_task = w.dim() == 5;
+  TORCH_CHECK((w.dim() == 4 && w.size(1) == C) ||
+                  (per_task && w.size(0) == T && w.size(2) == C),
+              "mumo_fast.conv_fwd: weight must be [", T, ", O, ", C, ", KH, KW] or [O, ", C,
+              ", KH, KW], got ", w.sizes());
+  const int64_t O = per_task ? w.size(1) : w.size(0);
+  const int64_t KH = w.size(-2), KW = w.size(-1);
+  const int64_t HO = (H + 2 * padding[0] - KH) / stride[0] + 1;
+  const int64_t WO = (W + 2 * padding[1] - KW) / stride[1] + 1;
+  const int64_t S = HO * WO;
+  check_tc(bias_in, "bias", x, T, O);
+  check_tc(gamma_in, "gamma", x, T, O);
+  check_tc(beta_in, "beta", x, T, O);
+  const auto bias = contig(bias_in), gamma = contig(gamma_in), beta = contig(beta_in);
+
+  if (!per_task) {
+    at::Tensor z = at::conv2d(x.view({T * N, C, H, W}), w, {}, stride, padding).contiguous();
+    at::Tensor z4 = z.view({T, N, O, S});
+    at::Tensor y4 = at::empty_like(z4);
+    epilogue_fwd_into(z4, N * O * S, O * S, 0, T, z4, y4, bias, gamma, beta, act);
+    finish_activation(y4, act);
+    return {y4.view({T, N, O, HO, WO}), z.view({T, N, O, HO, WO})};
+  }
+
+  at::Tensor z4 = at::empty({T, N, O, S}, x.options());
+  at::Tensor y4 = at::empty({T, N, O, S}, x.options());
+  if (pick_grouped(T, N, C, H * W)) {
+    at::Tensor xg = x.transpose(0, 1).reshape({N, T * C, H, W});
+    at::Tensor out = at::conv2d(xg, w.view({T * O, C, KH, KW}), {}, stride, padding, {1, 1}, T)
+                         .contiguous();  // [N, T*O, HO, WO]
+    epilogue_fwd_into(out, O * S, T * O * S, 0, T, z4, y4, bias, gamma, beta, act);
+  } else {
+    for (int64_t t = 0; t < T; ++t) {
+      at::Tensor out = at::conv2d(x[t], w[t], {}, stride, padding).contiguous();  // [N,O,HO,WO]
+      epilogue_fwd_into(out, 0, O * S, t, 1, z4, y4, bias, gamma, beta, act);
+    }
+  }
+  finish_activation(y4, act);
+  return {y4.view({T, N, O, HO, WO}), z4.view({T, N, O, HO, WO})};
+}
+
+TORCH_LIBRARY_IMPL(mumo_fast, CPU, m) { m.impl("conv_fwd", &conv_fwd); }
+
+}  // namespace mumo_fast

@@ -1,0 +1,202 @@
+// The fused FiLM epilogue: forward (bias + FiLM + activation in one pass writing
+// z and y) and its backward (du, dz and the per-task per-channel reductions
+// dgamma, dbeta, dbias in the same pass). Layout [T, N, C, S], contiguous.
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace mumo_fast {
+
+void check_tc(const c10::optional<at::Tensor>& v, const char* name, const at::Tensor& like,
+              int64_t T, int64_t C) {
+  if (!v.has_value() || !v->defined()) return;
+  TORCH_CHECK(v->dim() == 2 && v->size(0) == T && v->size(1) == C, "mumo_fast: ", name,
+              " must have shape [", T, ", ", C, "], got ", v->sizes());
+  TORCH_CHECK(v->scalar_type() == like.scalar_type(), "mumo_fast: ", name, " must have dtype ",
+              like.scalar_type());
+  TORCH_CHECK(v->device() == like.device(), "mumo_fast: ", name, " must be on ", like.device());
+}
+
+void finish_activation(at::Tensor& y, Act act) {
+  if (act == Act::Tanh) y.tanh_();
+  if (act == Act::Sigmoid) y.sigmoid_();
+}
+
+namespace {
+
+constexpr int64_t kGrain = 16384;  // elements per parallel chunk
+
+template <typename scalar_t, bool kRelu>
+void epilogue_fwd_kernel(const scalar_t* in, int64_t in_st, int64_t in_sn, int64_t t0,
+                         int64_t tcount, scalar_t* z, scalar_t* y, int64_t N, int64_t C,
+                         int64_t S, const TCVec<scalar_t>& bias, const TCVec<scalar_t>& gamma,
+                         const TCVec<scalar_t>& beta) {
+  const int64_t row = C * S;
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(row, 1));
+  at::parallel_for(0, tcount * N, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t tl = r / N, n = r % N, t = t0 + tl;
+      const scalar_t* src = in + tl * in_st + n * in_sn;
+      scalar_t* zr = z + (t * N + n) * row;
+      scalar_t* yr = y + (t * N + n) * row;
+      const scalar_t* b = bias.row(t);
+      const scalar_t* g = gamma.row(t);
+      const scalar_t* be = beta.row(t);
+      if (S == 1) {
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t v = src[c] + b[c];
+          zr[c] = v;
+          const scalar_t u = v * g[c] + be[c];
+          yr[c] = kRelu ? (u > scalar_t(0) ? u : scalar_t(0)) : u;
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t bc = b[c], gc = g[c], bec = be[c];
+          const scalar_t* sp = src + c * S;
+          scalar_t* zp = zr + c * S;
+          scalar_t* yp = yr + c * S;
+          for (int64_t s = 0; s < S; ++s) {
+            const scalar_t v = sp[s] + bc;
+            zp[s] = v;
+            const scalar_t u = v * gc + bec;
+            yp[s] = kRelu ? (u > scalar_t(0) ? u : scalar_t(0)) : u;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Backward. Per (t, c): Sdu = sum du, Sduz = sum du*z over N and S; then
+// dgamma = Sduz, dbeta = Sdu, dbias = gamma * Sdu (= sum dz).
+template <typename scalar_t>
+void epilogue_bwd_kernel(const scalar_t* gy, const scalar_t* y, const scalar_t* z, scalar_t* dz,
+                         int64_t T, int64_t N, int64_t C, int64_t S,
+                         const TCVec<scalar_t>& gamma, Act act, scalar_t* dgamma,
+                         scalar_t* dbeta, scalar_t* dbias) {
+  using acc_t = double;
+  if (S < 16) {
+    // Task-major: one task per step, per-channel accumulators, vectorised over C*S.
+    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sdu(C), sduz(C);
+      for (int64_t t = begin; t < end; ++t) {
+        std::fill(sdu.begin(), sdu.end(), acc_t(0));
+        std::fill(sduz.begin(), sduz.end(), acc_t(0));
+        const scalar_t* g = gamma.row(t);
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t off = (t * N + n) * C * S;
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t gc = g[c];
+            acc_t a0 = 0, a1 = 0;
+            for (int64_t s = 0; s < S; ++s) {
+              const int64_t i = off + c * S + s;
+              const scalar_t du = gy[i] * act_grad_from_y(y[i], act);
+              dz[i] = du * gc;
+              a0 += du;
+              a1 += acc_t(du) * acc_t(z[i]);
+            }
+            sdu[c] += a0;
+            sduz[c] += a1;
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          dgamma[t * C + c] = scalar_t(sduz[c]);
+          dbeta[t * C + c] = scalar_t(sdu[c]);
+          dbias[t * C + c] = scalar_t(acc_t(g[c]) * sdu[c]);
+        }
+      }
+    });
+    return;
+  }
+  // Plane-major: one (t, c) plane of N rows of S contiguous values per step.
+  constexpr int L = 8;
+  at::parallel_for(0, T * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t t = p / C, c = p % C;
+      const scalar_t gc = gamma.row(t)[c];
+      acc_t a0[L] = {0}, a1[L] = {0};
+      acc_t r0 = 0, r1 = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t off = ((t * N + n) * C + c) * S;
+        const scalar_t* gyp = gy + off;
+        const scalar_t* yp = y + off;
+        const scalar_t* zp = z + off;
+        scalar_t* dzp = dz + off;
+        int64_t s = 0;
+        for (; s + L <= S; s += L) {
+          for (int l = 0; l < L; ++l) {
+            const scalar_t du = gyp[s + l] * act_grad_from_y(yp[s + l], act);
+            dzp[s + l] = du * gc;
+            a0[l] += du;
+            a1[l] += acc_t(du) * acc_t(zp[s + l]);
+          }
+        }
+        for (; s < S; ++s) {
+          const scalar_t du = gyp[s] * act_grad_from_y(yp[s], act);
+          dzp[s] = du * gc;
+          r0 += du;
+          r1 += acc_t(du) * acc_t(zp[s]);
+        }
+      }
+      for (int l = 0; l < L; ++l) {
+        r0 += a0[l];
+        r1 += a1[l];
+      }
+      dgamma[p] = scalar_t(r1);
+      dbeta[p] = scalar_t(r0);
+      dbias[p] = scalar_t(acc_t(gc) * r0);
+    }
+  });
+}
+
+}  // namespace
+
+void epilogue_fwd_into(const at::Tensor& in, int64_t in_st, int64_t in_sn, int64_t t0,
+                       int64_t tcount, at::Tensor& z, at::Tensor& y,
+                       const c10::optional<at::Tensor>& bias,
+                       const c10::optional<at::Tensor>& gamma,
+                       const c10::optional<at::Tensor>& beta, Act act) {
+  const int64_t N = z.size(1), C = z.size(2), S = z.size(3);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "mumo_fast_epilogue_fwd", [&] {
+    TCVec<scalar_t> b(bias, C, scalar_t(0)), g(gamma, C, scalar_t(1)), be(beta, C, scalar_t(0));
+    const scalar_t* src = in.data_ptr<scalar_t>();
+    if (act == Act::Relu) {
+      epilogue_fwd_kernel<scalar_t, true>(src, in_st, in_sn, t0, tcount, z.data_ptr<scalar_t>(),
+                                          y.data_ptr<scalar_t>(), N, C, S, b, g, be);
+    } else {
+      epilogue_fwd_kernel<scalar_t, false>(src, in_st, in_sn, t0, tcount,
+                                           z.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N, C,
+                                           S, b, g, be);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> epilogue_bwd(
+    const at::Tensor& gy_in, const at::Tensor& y_in, const at::Tensor& z_in,
+    const c10::optional<at::Tensor>& gamma_in, c10::string_view act_name) {
+  const Act act = parse_act(act_name);
+  TORCH_CHECK(z_in.dim() == 4, "mumo_fast.epilogue_bwd: z must be [T, N, C, S], got ",
+              z_in.sizes());
+  TORCH_CHECK(gy_in.sizes() == z_in.sizes() && y_in.sizes() == z_in.sizes(),
+              "mumo_fast.epilogue_bwd: gy, y, z must have the same shape");
+  const at::Tensor gy = gy_in.contiguous(), y = y_in.contiguous(), z = z_in.contiguous();
+  const int64_t T = z.size(0), N = z.size(1), C = z.size(2), S = z.size(3);
+  check_tc(gamma_in, "gamma", z, T, C);
+  const auto gamma = contig(gamma_in);
+  at::Tensor dz = at::empty_like(z);
+  at::Tensor dgamma = at::empty({T, C}, z.options());
+  at::Tensor dbeta = at::empty({T, C}, z.options());
+  at::Tensor dbias = at::empty({T, C}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "mumo_fast_epilogue_bwd", [&] {
+    TCVec<scalar_t> g(gamma, C, scalar_t(1));
+    epilogue_bwd_kernel<scalar_t>(gy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                                  z.data_ptr<scalar_t>(), dz.data_ptr<scalar_t>(), T, N, C, S, g,
+                                  act, dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>(),
+                                  dbias.data_ptr<scalar_t>());
+  });
+  return {dz, dgamma, dbeta, dbias};
+}
+
+TORCH_LIBRARY_IMPL(mumo_fast, CPU, m) { m.impl("epilogue_bwd", &epilogue_bwd); }
+
+}  // namespace mumo_fast

@@ -1,0 +1,185 @@
+"""Backend ``cpp``: the raw-op contract of ``eager.py`` as fused C++ CPU kernels.
+
+The kernels live in ``csrc/`` and are registered as ``torch.ops.mumo_fast.*``
+(``TORCH_LIBRARY``); this module loads them (see ``cpp_build``), registers fake
+kernels and vmap rules so that ``torch.func`` and ``torch.library.opcheck`` work,
+and exposes them with the eager signatures. float32 and float64 run the C++
+kernels; other dtypes fall back to the eager composition.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from . import cpp_build, eager
+
+_state: dict[str, object] = {}
+_FAST_DTYPES = (torch.float32, torch.float64)
+OP_NAMES = ("linear_fwd", "linear_lowrank_fwd", "conv_fwd", "epilogue_bwd", "bn_fwd", "bn_bwd")
+
+
+def available() -> bool:
+    """True once the extension is loaded; the first failure warns once and sticks."""
+    if "ok" not in _state:
+        try:
+            _state["origin"] = cpp_build.load_extension()
+            _register_python_rules()
+            _state["ok"] = True
+        except Exception as err:  # compiler missing, bad sources, ABI mismatch, ...
+            _state["ok"] = False
+            _state["error"] = f"{type(err).__name__}: {err}"
+            warnings.warn(
+                "mumo_fast: the C++ extension could not be loaded or built "
+                f"({_state['error'][:500]}); backend 'cpp' is unavailable and 'auto' "
+                "falls back to 'reference' on CPU.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return bool(_state["ok"])
+
+
+def origin() -> str | None:
+    """Where the kernels came from (ahead-of-time module or JIT build dir), if loaded."""
+    return _state.get("origin")  # type: ignore[return-value]
+
+
+def supports_device(device: torch.device) -> bool:
+    return torch.device(device).type == "cpu"
+
+
+def _op(name: str):
+    return getattr(torch.ops.mumo_fast, name).default
+
+
+def _fast(x: Tensor) -> bool:
+    return x.dtype in _FAST_DTYPES and x.device.type == "cpu"
+
+
+# ---- raw ops (signatures of eager.py) ----
+
+
+def linear_fwd(x, weight, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
+    """x [T,N,IN], weight [T,OUT,IN] | [OUT,IN] -> (y, z) both [T,N,OUT]."""
+    if not _fast(x):
+        return eager.linear_fwd(x, weight, bias, gamma, beta, act)
+    return _OPS["linear_fwd"](x, weight, bias, gamma, beta, act)
+
+
+def linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
+    """x [T,N,IN], weight [OUT,IN], u [T,R,IN], v [T,R,OUT] -> (y, z) both [T,N,OUT]."""
+    if not _fast(x):
+        return eager.linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act)
+    return _OPS["linear_lowrank_fwd"](x, weight, u, v, bias, gamma, beta, act)
+
+
+def conv_fwd(x, weight, bias, gamma, beta, stride, padding, act: str) -> tuple[Tensor, Tensor]:
+    """x [T,N,C,H,W], weight [T,O,C,KH,KW] | [O,C,KH,KW] -> (y, z) both [T,N,O,H',W']."""
+    if not _fast(x):
+        return eager.conv_fwd(x, weight, bias, gamma, beta, stride, padding, act)
+    return _OPS["conv_fwd"](x, weight, bias, gamma, beta, list(stride), list(padding), act)
+
+
+def epilogue_bwd(gy, y, z, gamma, act: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """[T,N,C,S] -> (dz [T,N,C,S], dgamma, dbeta, dbias [T,C])."""
+    if not _fast(y):
+        return eager.epilogue_bwd(gy, y, z, gamma, act)
+    return _OPS["epilogue_bwd"](gy, y, z, gamma, act)
+
+
+def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str) -> tuple[Tensor, Tensor, Tensor]:
+    """x [T,N,C,S] -> (y [T,N,C,S], mean [T,C], rstd [T,C])."""
+    if not _fast(x):
+        return eager.bn_fwd(x, weight, bias, gamma, beta, eps, act)
+    return _OPS["bn_fwd"](x, weight, bias, gamma, beta, float(eps), act)
+
+
+def bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act: str):
+    """-> (dx [T,N,C,S], dweight, dbias, dgamma, dbeta [T,C])."""
+    if not _fast(x):
+        return eager.bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act)
+    return _OPS["bn_bwd"](gy, x, y, mean, rstd, weight, bias, gamma, act)
+
+
+_OPS: dict[str, object] = {}
+
+
+# ---- fake kernels and vmap rules ----
+
+
+def _like(x: Tensor, *shape: int) -> Tensor:
+    return x.new_empty(shape)
+
+
+def _fake_linear(x, weight, bias, gamma, beta, act):
+    t, n, _ = x.shape
+    o = weight.shape[-2]
+    return _like(x, t, n, o), _like(x, t, n, o)
+
+
+def _fake_linear_lowrank(x, weight, u, v, bias, gamma, beta, act):
+    t, n, _ = x.shape
+    o = weight.shape[0]
+    return _like(x, t, n, o), _like(x, t, n, o)
+
+
+def _fake_conv(x, weight, bias, gamma, beta, stride, padding, act):
+    t, n, _, h, w = x.shape
+    o = weight.shape[-4]
+    kh, kw = weight.shape[-2:]
+    ho = (h + 2 * padding[0] - kh) // stride[0] + 1
+    wo = (w + 2 * padding[1] - kw) // stride[1] + 1
+    return _like(x, t, n, o, ho, wo), _like(x, t, n, o, ho, wo)
+
+
+def _fake_epilogue_bwd(gy, y, z, gamma, act):
+    t, _, c, _ = z.shape
+    return torch.empty_like(z), _like(z, t, c), _like(z, t, c), _like(z, t, c)
+
+
+def _fake_bn_fwd(x, weight, bias, gamma, beta, eps, act):
+    t, _, c, _ = x.shape
+    return torch.empty_like(x), _like(x, t, c), _like(x, t, c)
+
+
+def _fake_bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act):
+    t, _, c, _ = x.shape
+    return (torch.empty_like(x),) + tuple(_like(x, t, c) for _ in range(4))
+
+
+_FAKES = {
+    "linear_fwd": _fake_linear,
+    "linear_lowrank_fwd": _fake_linear_lowrank,
+    "conv_fwd": _fake_conv,
+    "epilogue_bwd": _fake_epilogue_bwd,
+    "bn_fwd": _fake_bn_fwd,
+    "bn_bwd": _fake_bn_bwd,
+}
+
+
+def _loop_vmap_rule(op):
+    """vmap rule: one call of the op per batch element, outputs stacked on dim 0."""
+
+    def rule(info, in_dims, *args):
+        outs = []
+        for i in range(info.batch_size):
+            call = [
+                a.select(d, i) if d is not None and isinstance(a, Tensor) else a
+                for a, d in zip(args, in_dims)
+            ]
+            outs.append(op(*call))
+        stacked = tuple(torch.stack(parts) for parts in zip(*outs))
+        return stacked, (0,) * len(stacked)
+
+    return rule
+
+
+def _register_python_rules() -> None:
+    for name in OP_NAMES:
+        op = _op(name)
+        _OPS[name] = op
+        qualname = f"mumo_fast::{name}"
+        torch.library.register_fake(qualname, _FAKES[name])
+        torch.library.register_vmap(qualname, _loop_vmap_rule(op))
