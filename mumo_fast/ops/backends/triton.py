@@ -1,0 +1,299 @@
+"""Backend ``triton``: the raw-op contract (see ``eager.py``) with fused Triton kernels.
+
+Every raw op is a ``torch.library.custom_op`` in the namespace ``mumo_fast_triton``
+with a fake (meta) implementation and a vmap rule, and no autograd of its own: the
+autograd Functions in ``mumo_fast.ops.functions`` differentiate them (SPEC section 5).
+The vmap rule maps the ``eager`` implementation of the same op, which is plain torch.
+
+Kernels live in ``kernels/`` (``mumo_fast.kernels``): ``linear`` (batched GEMM over the
+task axis + FiLM epilogue), ``lowrank`` (shared GEMM + rank-R correction + epilogue),
+``epilogue`` (epilogue backward reductions; conv epilogue), ``norm`` (batch norm
+statistics/apply and backward), ``conv`` (vendor conv + fused epilogue), ``update``
+(multi-tensor clamped SGD).
+
+Available when triton imports and either CUDA is available or ``TRITON_INTERPRET=1``
+(kernels then run on CPU tensors through Triton's interpreter).
+"""
+
+import os
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+import triton  # noqa: F401  (ImportError here marks the backend unavailable)
+
+from ...kernels import conv as _conv
+from ...kernels import epilogue as _epilogue
+from ...kernels import linear as _linear
+from ...kernels import lowrank as _lowrank
+from ...kernels import norm as _norm
+from ...kernels import update as _update
+from . import eager as _eager
+
+_NS = "mumo_fast_triton"
+
+
+def available() -> bool:
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _vmap_via_eager(eager_fn, n_out):
+    """A register_vmap rule: run the eager (plain torch) op under torch.vmap."""
+
+    def rule(info, in_dims, *args):
+        out = torch.vmap(eager_fn, in_dims=tuple(in_dims), out_dims=0)(*args)
+        if n_out is None:
+            return list(out), [0] * len(out)
+        return tuple(out), (0,) * n_out
+
+    return rule
+
+
+def _register(op, fake, eager_fn, n_out):
+    op.register_fake(fake)
+    if hasattr(torch.library, "register_vmap"):
+        torch.library.register_vmap(op, _vmap_via_eager(eager_fn, n_out))
+    return op
+
+
+# --- linear -----------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::linear_fwd", mutates_args=())
+def linear_fwd(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    act: str,
+) -> Tuple[Tensor, Tensor]:
+    return _linear.film_linear_fwd(x, weight, bias, gamma, beta, act)
+
+
+def _linear_fake(x, weight, bias, gamma, beta, act):
+    t, n, _ = x.shape
+    o = weight.shape[-2]
+    return x.new_empty((t, n, o)), x.new_empty((t, n, o))
+
+
+_register(linear_fwd, _linear_fake, _eager.linear_fwd, 2)
+
+
+@torch.library.custom_op(f"{_NS}::linear_lowrank_fwd", mutates_args=())
+def linear_lowrank_fwd(
+    x: Tensor,
+    weight: Tensor,
+    u: Tensor,
+    v: Tensor,
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    act: str,
+) -> Tuple[Tensor, Tensor]:
+    return _lowrank.film_linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act)
+
+
+def _lowrank_fake(x, weight, u, v, bias, gamma, beta, act):
+    t, n, _ = x.shape
+    o = weight.shape[0]
+    return x.new_empty((t, n, o)), x.new_empty((t, n, o))
+
+
+_register(linear_lowrank_fwd, _lowrank_fake, _eager.linear_lowrank_fwd, 2)
+
+
+# --- conv -------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::conv_fwd", mutates_args=())
+def conv_fwd(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    stride: List[int],
+    padding: List[int],
+    act: str,
+) -> Tuple[Tensor, Tensor]:
+    return _conv.film_conv2d_fwd(x, weight, bias, gamma, beta, stride, padding, act)
+
+
+def _conv_fake(x, weight, bias, gamma, beta, stride, padding, act):
+    t, n, _, h, w = x.shape
+    o, kh, kw = weight.shape[-4], weight.shape[-2], weight.shape[-1]
+    ho = (h + 2 * padding[0] - kh) // stride[0] + 1
+    wo = (w + 2 * padding[1] - kw) // stride[1] + 1
+    return x.new_empty((t, n, o, ho, wo)), x.new_empty((t, n, o, ho, wo))
+
+
+_register(conv_fwd, _conv_fake, _eager.conv_fwd, 2)
+
+
+# --- FiLM epilogue backward ----------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::epilogue_bwd", mutates_args=())
+def epilogue_bwd(
+    gy: Tensor, y: Tensor, z: Tensor, gamma: Optional[Tensor], act: str
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _epilogue.film_epilogue_bwd(gy, y, z, gamma, act)
+
+
+def _epilogue_bwd_fake(gy, y, z, gamma, act):
+    t, _, c, _ = gy.shape
+    return torch.empty_like(gy), gy.new_empty((t, c)), gy.new_empty((t, c)), gy.new_empty((t, c))
+
+
+_register(epilogue_bwd, _epilogue_bwd_fake, _eager.epilogue_bwd, 4)
+
+
+# --- batch norm ---------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::bn_fwd", mutates_args=())
+def bn_fwd(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    eps: float,
+    act: str,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return _norm.bn_fwd(x, weight, bias, gamma, beta, eps, act)
+
+
+def _bn_fwd_fake(x, weight, bias, gamma, beta, eps, act):
+    t, _, c, _ = x.shape
+    return torch.empty_like(x), x.new_empty((t, c)), x.new_empty((t, c))
+
+
+_register(bn_fwd, _bn_fwd_fake, _eager.bn_fwd, 3)
+
+
+@torch.library.custom_op(f"{_NS}::bn_bwd", mutates_args=())
+def bn_bwd(
+    gy: Tensor,
+    x: Tensor,
+    y: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    gamma: Optional[Tensor],
+    act: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _norm.bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act)
+
+
+def _bn_bwd_fake(gy, x, y, mean, rstd, weight, bias, gamma, act):
+    t, _, c, _ = x.shape
+    return (torch.empty_like(x), *(x.new_empty((t, c)) for _ in range(4)))
+
+
+_register(bn_bwd, _bn_bwd_fake, _eager.bn_bwd, 5)
+
+
+# --- inner-loop update ----------------------------------------------------------------
+
+
+def _eager_update(params, grads, lr, clamp):
+    out = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if clamp is not None:
+            g = g.clamp(-clamp, clamp)
+        out.append(p - lr[i] * g)
+    return out
+
+
+@torch.library.custom_op(f"{_NS}::clamped_sgd", mutates_args=())
+def clamped_sgd_raw(
+    params: List[Tensor], grads: List[Tensor], lr: Tensor, clamp: Optional[float]
+) -> List[Tensor]:
+    """params[i] - lr[i] * clamp(grads[i], -clamp, clamp), one launch per 8 tensors."""
+    return _update.clamped_sgd(
+        [p.contiguous() for p in params], [g.contiguous() for g in grads], lr, clamp
+    )
+
+
+def _update_fake(params, grads, lr, clamp):
+    return [torch.empty_like(p) for p in params]
+
+
+_register(clamped_sgd_raw, _update_fake, _eager_update, None)
+
+
+class ClampedSGDFunction(torch.autograd.Function):
+    """Differentiable to any order: forward is the fused multi-tensor kernel, backward
+    is torch ops of the inputs (grad_p = g_out; grad_g = -lr * g_out * (|g| <= clamp);
+    grad_lr = -sum(g_out * clamp(g)))."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(clamp, n, lr, *tensors):
+        return tuple(clamped_sgd_raw(list(tensors[:n]), list(tensors[n:]), lr, clamp))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        clamp, n, lr, *tensors = inputs
+        ctx.save_for_backward(lr, *tensors[n:])
+        ctx.clamp, ctx.n = clamp, n
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, *g_out):
+        lr, *grads = ctx.saved_tensors
+        n, clamp = ctx.n, ctx.clamp
+        need = ctx.needs_input_grad
+        grad_p = list(g_out)
+        grad_g: list = [None] * n
+        grad_lr = None
+        lr_terms = []
+        for i, (go, g) in enumerate(zip(g_out, grads)):
+            if go is None:
+                lr_terms.append(torch.zeros((), dtype=lr.dtype, device=lr.device))
+                continue
+            if need[3 + n + i]:
+                gg = -lr[i] * go
+                if clamp is not None:
+                    gg = gg * (g.abs() <= clamp).to(go.dtype)
+                grad_g[i] = gg
+            if need[2]:
+                gc = g if clamp is None else g.clamp(-clamp, clamp)
+                lr_terms.append(-(go * gc).sum())
+        if need[2]:
+            grad_lr = torch.stack(lr_terms)
+        return (
+            None,
+            None,
+            grad_lr,
+            *[gp if need[3 + i] else None for i, gp in enumerate(grad_p)],
+            *grad_g,
+        )
+
+
+def clamped_sgd(params, grads, lr, clamp):
+    """The fused inner-loop update (called by ``mumo_fast.ops.clamped_sgd``)."""
+    from .. import reference
+
+    n = len(params)
+    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * n
+    dtype, device = params[0].dtype, params[0].device
+    uniform = all(p.dtype == dtype and p.device == device for p in params)
+    scalar_lr = all(not isinstance(a, Tensor) or a.numel() == 1 for a in lrs)
+    if not (uniform and scalar_lr):
+        return reference.clamped_sgd(params, grads, lr, clamp)
+    lr_vec = torch.stack(
+        [
+            a.reshape(()).to(dtype=dtype, device=device)
+            if isinstance(a, Tensor)
+            else torch.tensor(float(a), dtype=dtype, device=device)
+            for a in lrs
+        ]
+    )
+    clamp = None if clamp is None else float(clamp)
+    return list(ClampedSGDFunction.apply(clamp, n, lr_vec, *params, *grads))
