@@ -15,13 +15,16 @@ Available when triton imports and either CUDA is available or ``TRITON_INTERPRET
 (kernels then run on CPU tensors through Triton's interpreter).
 """
 
+# typing.Optional/List/Tuple on purpose: torch.library.custom_op infers op schemas from them on
+# every torch >= 2.4 (PEP 604 unions are not understood by the older ones).
+# ruff: noqa: UP006, UP035, UP045
+
 import os
 from typing import List, Optional, Tuple
 
 import torch
-from torch import Tensor
-
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
+from torch import Tensor
 
 from ...kernels import conv as _conv
 from ...kernels import epilogue as _epilogue
