@@ -12,3 +12,14 @@ if _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")) and not _os.p
     _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "kernels")
 ):
     __path__.append(_root)  # noqa: F821  (package __path__)
+
+
+def load(path, device="cpu"):
+    """Load a trained MetaLearner from a run folder or its model.pt, in eval mode.
+
+    >>> model = mumo_fast.load("runs/film2")
+    >>> preds = model.predict(support_x, support_y, query_x)
+    """
+    from .train.checkpoint import load_learner  # lazy: `import mumo_fast` stays light
+
+    return load_learner(path, device)

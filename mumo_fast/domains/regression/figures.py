@@ -1,0 +1,112 @@
+"""Regression figures: predicted functions (paper Fig. 2), MSE vs steps (Fig. 3a), t-SNE (Fig. 4a).
+
+Uses matplotlib's object API (`Figure`, Agg canvas) so no global backend state is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .tasks import X_RANGE, RegressionTasks, true_function
+
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
+
+
+def _grid(n_tasks: int, points: int = 200) -> torch.Tensor:
+    return torch.linspace(*X_RANGE, points).view(1, -1, 1).expand(n_tasks, -1, -1).contiguous()
+
+
+def plot_functions(
+    models: Sequence[tuple[str, object]],
+    tasks: RegressionTasks,
+    mode_names: Sequence[str],
+    adapt_steps: int,
+    path: str | os.PathLike,
+) -> None:
+    """One row per task (one task per mode): truth, support points, and each model's
+    prediction after modulation (left) and after `adapt_steps` inner steps (right)."""
+    tasks = tasks.to("cpu")
+    n = len(tasks)
+    x = _grid(n)
+    truth = true_function(tasks.mode_ids, tasks.params, x)
+    preds = {}
+    for label, model in models:
+        device = next(model.parameters()).device
+        t = tasks.to(device)
+        for steps in (0, adapt_steps):
+            p = model.predict(t.support_x, t.support_y, x.to(device), steps=steps, modes=t.modes)
+            preds[label, steps] = p.detach().cpu()
+    fig = Figure(figsize=(10, 2.8 * n), layout="constrained")
+    axes = fig.subplots(n, 2, squeeze=False)
+    for row in range(n):
+        for col, (steps, title) in enumerate(
+            [(0, "after modulation (0 steps)"), (adapt_steps, f"after {adapt_steps} steps")]
+        ):
+            ax = axes[row, col]
+            xs = x[row, :, 0].numpy()
+            ax.plot(xs, truth[row, :, 0].numpy(), color="black", lw=2, label="ground truth")
+            for i, (label, _) in enumerate(models):
+                ax.plot(
+                    xs, preds[label, steps][row, :, 0].numpy(), color=COLORS[i % 7], label=label
+                )
+            ax.scatter(
+                tasks.support_x[row, :, 0].numpy(), tasks.support_y[row, :, 0].numpy(),
+                color="black", marker="^", zorder=5, label="support (K points)",
+            )  # fmt: skip
+            ax.set_title(f"{mode_names[int(tasks.modes[row])]}: {title}")
+            lo, hi = truth[row].min().item(), truth[row].max().item()
+            pad = 0.5 * (hi - lo) + 1.0
+            ax.set_ylim(lo - pad, hi + pad)
+    axes[0, 0].legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+
+
+def plot_steps(curves: Sequence[tuple[str, dict]], path: str | os.PathLike) -> None:
+    """Test MSE against the number of inner steps, with 95% CI bands; step 0 = post-modulation."""
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, summary) in enumerate(curves):
+        mean = np.asarray(summary["per_step"]["mean"])
+        ci = np.asarray(summary["per_step"]["ci95"])
+        steps = np.arange(len(mean))
+        ax.plot(steps, mean, marker="o", color=COLORS[i % 7], label=label)
+        ax.fill_between(steps, mean - ci, mean + ci, color=COLORS[i % 7], alpha=0.2)
+    ax.axhline(0.09, color="gray", ls="--", lw=1, label="noise floor (0.09)")
+    ax.set_yscale("log")
+    ax.set_xlabel("gradient steps (0 = after modulation)")
+    ax.set_ylabel("test MSE")
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+
+
+def plot_tsne(
+    embeddings: torch.Tensor,
+    modes: torch.Tensor,
+    mode_names: Sequence[str],
+    path: str | os.PathLike,
+    seed: int = 0,
+) -> None:
+    """2-D t-SNE of task embeddings [n, E], coloured by mode."""
+    from sklearn.manifold import TSNE
+
+    emb = embeddings.detach().cpu().double().numpy()
+    perplexity = min(30.0, (len(emb) - 1) / 3)
+    xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
+        emb
+    )
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    modes = modes.cpu().numpy()
+    for m, name in enumerate(mode_names):
+        sel = modes == m
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=8, color=COLORS[m % 7], label=name)
+    ax.set_title("t-SNE of task embeddings")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=2)
+    fig.savefig(path, dpi=110)

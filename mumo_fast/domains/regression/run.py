@@ -1,0 +1,284 @@
+"""The regression domain's commands: train, eval and plot on run folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...train import (
+    CHECKPOINT_NAME,
+    Trainer,
+    TrainSettings,
+    load_learner,
+    seed_everything,
+)
+from .. import UsageError
+from . import figures
+from .data import make_sampler, to_task_batch
+from .metrics import evaluate_learner
+from .presets import METHODS, MODULATIONS, PRESETS, run_config, run_label
+from .tasks import RegressionTasks, fixed_test_set, sample_tasks
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+VALIDATION_SEED = 777
+VALIDATION_TASKS_PER_MODE = 100
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=METHODS, help="default: mumomaml")
+    p.add_argument("--modulation", choices=MODULATIONS, help="mumomaml only; default: film")
+    p.add_argument("--modes", type=int, choices=(2, 3, 5), help="number of modes; default: 2")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="default: default (a few minutes)")
+    p.add_argument("--iterations", type=int, help="meta-iterations (overrides the preset)")
+    p.add_argument("--tasks-per-mode", type=int, help="tasks of each mode per meta-batch")
+
+
+# -- helpers -----------------------------------------------------------------------------
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a run folder (no {RUN_FILE})")
+    return json.loads(path.read_text())
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"--device: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    explicit = {
+        "method": args.method, "modulation": args.modulation, "num_modes": args.modes,
+        "preset": args.preset, "seed": args.seed,
+    }  # fmt: skip
+    if args.resume:
+        run = read_run(out)
+        for key, value in explicit.items():
+            if value is not None and value != run[key]:
+                raise UsageError(
+                    f"--resume: this run was started with {key}={run[key]!r}, not {value!r}"
+                )
+        if args.iterations is not None:
+            run["train"]["iterations"] = args.iterations
+        return run
+    method = args.method or "mumomaml"
+    if args.modulation is not None and method != "mumomaml":
+        raise UsageError(f"--modulation applies to --method mumomaml only (got {method})")
+    try:
+        return run_config(
+            method, args.modulation or "film", args.modes or 2, args.preset or "default",
+            iterations=args.iterations, seed=0 if args.seed is None else args.seed,
+            tasks_per_mode=args.tasks_per_mode,
+        )  # fmt: skip
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def _validation(run: dict[str, Any], device: torch.device):
+    gen = torch.Generator().manual_seed(VALIDATION_SEED)
+    tasks = sample_tasks(run["num_modes"], VALIDATION_TASKS_PER_MODE, gen).to(device)
+    batch = to_task_batch(tasks)
+    steps = run["eval"]["adapt_steps"]
+
+    def validate(learner) -> dict[str, float]:
+        losses = learner.evaluate(batch, steps)["per_step"]
+        return {"post_mod_mse": losses[0].mean().item(), "post_adapt_mse": losses[-1].mean().item()}
+
+    return validate
+
+
+# -- train -------------------------------------------------------------------------------
+def train(args: argparse.Namespace) -> int:
+    from ...meta import MetaLearner
+
+    out = Path(args.out)
+    if args.resume and args.init_from:
+        raise UsageError("--resume and --init-from exclude each other")
+    if not args.resume and (out / CHECKPOINT_NAME).exists():
+        raise UsageError(
+            f"{out} already holds a run: pass --resume to continue it, or another --out"
+        )
+    if args.resume and not (out / CHECKPOINT_NAME).exists():
+        raise UsageError(f"--resume: {out} holds no {CHECKPOINT_NAME} to resume from")
+    if args.init_from and not Path(args.init_from).exists():
+        raise UsageError(f"--init-from: no such file or folder: {args.init_from}")
+    if args.iterations is not None and args.iterations < 1:
+        raise UsageError("--iterations must be positive")
+    device = _device(args.device)
+    run = _run_config(args, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+
+    seed_everything(run["seed"])
+    learner = MetaLearner.from_config(run["learner"])
+    data = run["data"]
+    trainer = Trainer(
+        learner,
+        make_sampler(run["num_modes"], data["tasks_per_mode"], data["k_support"], data["l_query"]),
+        out,
+        TrainSettings(**run["train"]),
+        device=device,
+        validate=_validation(run, device),
+        extra={"domain": "regression", "run": run},
+        progress=not args.quiet,
+        tensorboard=not args.no_tensorboard,
+    )
+    if args.resume:
+        trainer.resume()
+    elif args.init_from:
+        from ...train import resolve_model_path
+
+        trainer.init_from(resolve_model_path(args.init_from))
+    result = trainer.fit()
+    if not result.completed:
+        print(f"stopped at iteration {result.iteration}; continue with --resume")
+        return 130
+    if not args.skip_eval:
+        metrics = evaluate_run(out, device=device, learner=trainer.learner)
+        print_table([(out, run, metrics)])
+        plot_run(out, device=device, learner=trainer.learner, metrics=metrics)
+    return 0
+
+
+# -- eval --------------------------------------------------------------------------------
+_TEST_SETS: dict[tuple[int, int], RegressionTasks] = {}
+
+
+def get_test_set(run: dict[str, Any]) -> RegressionTasks:
+    key = (run["num_modes"], run["data"]["test_tasks_per_mode"])
+    if key not in _TEST_SETS:
+        d = run["data"]
+        _TEST_SETS[key] = fixed_test_set(key[0], key[1], d["k_support"], d["l_query"])
+    return _TEST_SETS[key]
+
+
+def evaluate_run(run_dir: str | Path, device: torch.device | str = "cpu", learner=None) -> dict:
+    run = read_run(run_dir)
+    learner = learner if learner is not None else load_learner(run_dir, device)
+    metrics = evaluate_learner(
+        learner,
+        get_test_set(run),
+        run["mode_names"],
+        run["eval"]["adapt_steps"],
+        run["eval"]["max_steps"],
+    )
+    metrics["run"] = {k: run[k] for k in ("method", "modulation", "num_modes", "preset", "seed")}
+    metrics["run"]["iterations"] = run["train"]["iterations"]
+    (Path(run_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def print_table(rows: Sequence[tuple[Path, dict, dict]]) -> None:
+    fmt = "{:<28} {:<20} {:>5} {:>7}  {:>20}  {:>20}"
+    print(fmt.format("run", "method", "modes", "iters", "post-mod MSE", "post-adapt MSE"))
+    for path, run, m in rows:
+        pm, pa = m["post_modulation"], m["post_adaptation"]
+        print(
+            fmt.format(
+                Path(path).name[:28], run_label(run), run["num_modes"], run["train"]["iterations"],
+                f"{pm['mean']:.4f} ± {pm['ci95']:.4f}",
+                f"{pa['mean']:.4f} ± {pa['ci95']:.4f} ({m['adapt_steps']})",
+            )
+        )  # fmt: skip
+    steps = len(rows[0][2]["per_step"]["mean"])
+    print(f"\ntest MSE after 0..{steps - 1} inner steps (0 = post-modulation)")
+    print(f"{'run':<28} " + " ".join(f"{s:>7}" for s in range(steps)))
+    for path, _, m in rows:
+        print(f"{Path(path).name[:28]:<28} " + " ".join(f"{v:7.4f}" for v in m["per_step"]["mean"]))
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    rows = []
+    for run_dir in args.runs:
+        run = read_run(run_dir)
+        rows.append((Path(run_dir), run, evaluate_run(run_dir, device)))
+    print_table(rows)
+    return 0
+
+
+# -- plot --------------------------------------------------------------------------------
+def _example_tasks(run: dict[str, Any]) -> RegressionTasks:
+    tasks = get_test_set(run)
+    first = [int((tasks.modes == m).nonzero()[0]) for m in range(run["num_modes"])]
+    return tasks.select(torch.tensor(first))
+
+
+def _metrics(run_dir: Path, device, learner=None) -> dict:
+    path = run_dir / METRICS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return evaluate_run(run_dir, device, learner)
+
+
+def plot_run(run_dir: str | Path, device="cpu", learner=None, metrics=None) -> list[Path]:
+    """The run's own figures, in RUN_DIR/figures."""
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    learner = learner if learner is not None else load_learner(run_dir, device)
+    metrics = metrics if metrics is not None else _metrics(run_dir, device, learner)
+    out = run_dir / "figures"
+    out.mkdir(exist_ok=True)
+    label = run_label(run)
+    paths = [out / "functions.png", out / "mse_vs_steps.png"]
+    figures.plot_functions(
+        [(label, learner)],
+        _example_tasks(run),
+        run["mode_names"],
+        run["eval"]["adapt_steps"],
+        paths[0],
+    )
+    figures.plot_steps([(label, metrics)], paths[1])
+    if run["method"] == "mumomaml":
+        tasks = get_test_set(run).to(next(learner.parameters()).device)
+        per_mode = 200
+        idx = torch.cat(
+            [(tasks.modes == m).nonzero()[:per_mode, 0] for m in range(run["num_modes"])]
+        )
+        sub = tasks.select(idx)
+        with torch.no_grad():
+            emb = learner.embed(sub.support_x, sub.support_y)
+        paths.append(out / "tsne.png")
+        figures.plot_tsne(emb, sub.modes, run["mode_names"], paths[-1], seed=run["seed"])
+    return paths
+
+
+def plot(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    runs = [(Path(r), read_run(r)) for r in args.runs]
+    learners = {}
+    for path, _ in runs:
+        learners[path] = load_learner(path, device)
+        for p in plot_run(path, device, learners[path]):
+            print(p)
+    if len(runs) > 1:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        curves = [(f"{run_label(r)} [{p.name}]", _metrics(p, device, learners[p])) for p, r in runs]
+        figures.plot_steps(curves, out / "mse_vs_steps.png")
+        print(out / "mse_vs_steps.png")
+        by_modes: dict[int, list] = {}
+        for p, r in runs:
+            by_modes.setdefault(r["num_modes"], []).append((p, r))
+        for n, group in by_modes.items():
+            if len(group) < 2:
+                continue
+            r0 = group[0][1]
+            models = [(f"{run_label(r)} [{p.name}]", learners[p]) for p, r in group]
+            path = out / f"functions_{n}modes.png"
+            figures.plot_functions(
+                models, _example_tasks(r0), r0["mode_names"], r0["eval"]["adapt_steps"], path
+            )
+            print(path)
+    return 0

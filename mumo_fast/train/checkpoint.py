@@ -1,0 +1,97 @@
+"""Atomic checkpoints, RNG state capture, and the small final model file."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = "checkpoint.ckpt"
+MODEL_NAME = "model.pt"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace: never a torn file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def rng_state(data_generator: torch.Generator | None = None) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if data_generator is not None:
+        state["data"] = data_generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], data_generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if data_generator is not None:
+        if "data" not in state:
+            raise ValueError("checkpoint holds no data-generator state")
+        data_generator.set_state(state["data"].to(data_generator.get_state().device))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint or model file on CPU, with a clear error when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint or model file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  (any unpickling failure means "not ours")
+        raise ValueError(f"{path} is not a mumo_fast checkpoint or model file: {e}") from e
+    if not isinstance(obj, dict) or "state_dict" not in obj or "config" not in obj:
+        raise ValueError(f"{path} is not a mumo_fast checkpoint or model file")
+    return obj
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """A run folder means its model.pt (or, before training ends, its checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (MODEL_NAME, CHECKPOINT_NAME):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path} holds neither {MODEL_NAME} nor {CHECKPOINT_NAME}")
+    if not path.exists():
+        raise FileNotFoundError(f"no such run folder or model file: {path}")
+    return path
+
+
+def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The trained MetaLearner stored at `path` (run folder, model.pt or checkpoint), eval mode."""
+    from ..meta import MetaLearner
+
+    obj = load_file(resolve_model_path(path))
+    learner = MetaLearner.from_config(obj["config"])
+    learner.load_state_dict(obj["state_dict"])
+    return learner.to(device).eval()

@@ -1,0 +1,210 @@
+"""A generic meta-training loop: any learner with `meta_train_step`, any task sampler.
+
+The run folder holds `log.jsonl`, `checkpoint.ckpt` (everything needed to continue the
+run exactly: weights, optimizer, iteration, every RNG state including the data
+generator's) and, once training ends, `model.pt` (weights and config only).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    MODEL_NAME,
+    atomic_save,
+    load_file,
+    rng_state,
+    set_rng_state,
+)
+from .logging import MetricsLogger, truncate_log
+
+
+@dataclass
+class TrainSettings:
+    iterations: int
+    lr: float = 1e-3
+    grad_clip: float | None = 2.0  # max gradient norm, applied to each parameter group
+    checkpoint_every: int = 500
+    log_every: int = 10
+    validate_every: int = 0  # 0: never during training
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    iteration: int
+    completed: bool
+    signal: int | None = None  # the signal that stopped the run early
+
+
+class Trainer:
+    """Meta-trains `learner` on batches drawn by `sample_batch(generator)`.
+
+    Seed the global RNGs (`seed_everything`) before building the learner so that its
+    initial weights depend on the seed; the trainer seeds its own data generator.
+    `validate(learner) -> dict` is called every `validate_every` iterations and at the end;
+    it must not draw from the global RNGs. `extra` is stored in the checkpoint and model file.
+    """
+
+    def __init__(
+        self,
+        learner: torch.nn.Module,
+        sample_batch: Callable[[torch.Generator], Any],
+        run_dir: str | os.PathLike,
+        settings: TrainSettings,
+        *,
+        device: str | torch.device = "cpu",
+        validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        extra: dict[str, Any] | None = None,
+        progress: bool = True,
+        tensorboard: bool = True,
+    ):
+        self.device = torch.device(device)
+        self.learner = learner.to(self.device)
+        self.sample_batch = sample_batch
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.validate = validate
+        self.extra = extra or {}
+        self.progress = progress
+        self.tensorboard = tensorboard
+        self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        self.optimizer = torch.optim.Adam(learner.parameters(), lr=settings.lr)
+        self.iteration = 0
+        self._stop: int | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    # -- state ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        atomic_save(
+            {
+                "config": self.learner.config,
+                "state_dict": self.learner.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "iteration": self.iteration,
+                "rng": rng_state(self.generator),
+                "settings": asdict(self.settings),
+                "extra": self.extra,
+            },
+            self.checkpoint_path,
+        )
+
+    def save_model(self) -> None:
+        state = {k: v.detach().cpu() for k, v in self.learner.state_dict().items()}
+        atomic_save(
+            {"config": self.learner.config, "state_dict": state, "extra": self.extra},
+            self.run_dir / MODEL_NAME,
+        )
+
+    def _load_weights(self, obj: dict[str, Any], source: Path) -> None:
+        try:
+            self.learner.load_state_dict(obj["state_dict"])
+        except RuntimeError as e:
+            raise ValueError(
+                f"{source} was made for a different model than this run's "
+                f"(its config: {obj['config']}; this run's: {self.learner.config}): {e}"
+            ) from e
+
+    def resume(self) -> None:
+        path = self.checkpoint_path
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: {path} does not exist")
+        obj = load_file(path)
+        if obj["config"] != self.learner.config:
+            raise ValueError(
+                f"cannot resume: {path} was written with config {obj['config']}, "
+                f"this run has {self.learner.config}"
+            )
+        self._load_weights(obj, path)
+        self.optimizer.load_state_dict(obj["optimizer"])
+        self.iteration = int(obj["iteration"])
+        set_rng_state(obj["rng"], self.generator)
+        truncate_log(self.run_dir / "log.jsonl", self.iteration)
+
+    def init_from(self, path: str | os.PathLike) -> None:
+        """Start from the weights of a checkpoint or model file (fresh optimizer, iteration 0)."""
+        self._load_weights(load_file(path), Path(path))
+
+    # -- loop ----------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        self.learner.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = self.learner.meta_train_step(self.sample_batch(self.generator))
+        clip = self.settings.grad_clip
+        if clip is not None:
+            for params in self.learner.parameter_groups().values():
+                params = [p for p in params if p.grad is not None]
+                if params:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+        self.optimizer.step()
+        self.iteration += 1
+        return stats
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self._stop = signum
+        tqdm.write(
+            f"{signal.Signals(signum).name}: finishing iteration {self.iteration + 1}, "
+            "then saving a checkpoint (signal again to abort without saving)"
+        )
+
+    def fit(self) -> TrainResult:
+        """Run until `settings.iterations` or a SIGINT/SIGTERM (which saves and returns)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        handlers = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread: no signal handling
+            pass
+        logger = MetricsLogger(self.run_dir, tensorboard=self.tensorboard)
+        bar = tqdm(
+            total=s.iterations, initial=self.iteration, disable=not self.progress,
+            dynamic_ncols=True, desc=self.run_dir.name,
+        )  # fmt: skip
+        try:
+            tic = time.perf_counter()
+            while self.iteration < s.iterations and self._stop is None:
+                stats = self.step()
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
+                it = self.iteration
+                if it % s.log_every == 0 or it == s.iterations:
+                    now = time.perf_counter()
+                    logger.log(it, **stats, sec_per_iter=(now - tic) / s.log_every)
+                    tic = now
+                if self.validate and s.validate_every and it % s.validate_every == 0:
+                    logger.log(
+                        it, **{f"val/{k}": v for k, v in self.validate(self.learner).items()}
+                    )
+                if it % s.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if self._stop is not None:
+                self.save_checkpoint()
+                tqdm.write(
+                    f"checkpoint saved at iteration {self.iteration}: {self.checkpoint_path}"
+                )
+                return TrainResult(self.iteration, False, self._stop)
+            self.save_checkpoint()
+            self.save_model()
+            return TrainResult(self.iteration, True)
+        finally:
+            bar.close()
+            logger.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
