@@ -1,0 +1,370 @@
+"""MetaLearner: MAML, Multi-MAML and MuMoMAML over one batched inner loop.
+
+* MAML: the base network's own parameters are the meta-parameters.
+* Multi-MAML: one base network per mode, parameters stacked ``[M, ...]`` and
+  gathered per task by the ground-truth mode (``modes``), still one batched
+  computation. Its fast weights are dense (the gathered initial weights are not
+  shared, so there is no shared ``W`` for the low-rank form).
+* MuMoMAML: a task encoder embeds the support set once, modulation heads turn the
+  embedding into FiLM vectors tau (not updated in the inner loop), then MAML's inner
+  loop adapts the modulated base network.
+
+``fast_weights``: "dense" keeps per-task ``[T, OUT, IN]`` weights for every layer;
+"lowrank" keeps every FiLMLinear layer in the exact low-rank form; "auto" uses the
+low-rank form for linear layers whose final rank ``steps * K`` is below both of
+their dimensions. With ``inner_grad_clamp`` the low-rank form stays exact: a layer
+whose clamp binds switches to dense weights at that step (see ``inner_loop``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import MLP, Conv4
+from .batch import TaskBatch, check_modes
+from .config import resolve_config
+from .encoders import ImageEncoder, SequenceEncoder
+from .fast_weights import forward, init_fast_weights, lowrank_layers
+from .inner_loop import adapt, detached, inner_step
+from .modulation import ModulationHeads
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def build_base(cfg: dict) -> nn.Module:
+    if cfg["base"] == "mlp":
+        return MLP(
+            cfg["in_features"], cfg["out_features"], cfg["hidden_sizes"], backend=cfg["backend"]
+        )
+    return Conv4(
+        cfg["in_channels"],
+        cfg["num_classes"],
+        cfg["conv_channels"],
+        cfg["num_blocks"],
+        cfg["image_size"],
+        cfg["bn_affine"],
+        backend=cfg["backend"],
+    )
+
+
+def mse_per_task(out: Tensor, y: Tensor) -> Tensor:
+    """out, y [T, N, O] -> mean squared error per task [T]."""
+    return (out - y).square().flatten(1).mean(1)
+
+
+def cross_entropy_per_task(out: Tensor, y: Tensor) -> Tensor:
+    """logits [T, N, C], labels [T, N] -> mean cross entropy per task [T]."""
+    t, n, c = out.shape
+    return (
+        F.cross_entropy(out.reshape(t * n, c), y.reshape(t * n), reduction="none")
+        .reshape(t, n)
+        .mean(1)
+    )
+
+
+class MetaLearner(nn.Module):
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        cfg = resolve_config(cfg)
+        self._config = cfg
+        self.method = cfg["method"]
+        base = build_base(cfg)
+        self.film_channels = list(base.film_channels)
+        if self.method == "multi-maml":
+            copies = [base] + [build_base(cfg) for _ in range(cfg["num_modes"] - 1)]
+            self.stacked = nn.ParameterDict(
+                {
+                    _key(name): nn.Parameter(
+                        torch.stack([dict(c.named_parameters())[name].detach() for c in copies])
+                    )
+                    for name, _ in base.named_parameters()
+                }
+            )
+            self._param_names = [n for n, _ in base.named_parameters()]
+            # The template only supplies the forward; it never holds the parameters.
+            self.__dict__["_template"] = copy.deepcopy(base).to("meta")
+        else:
+            self.base = base
+        if self.method == "mumomaml":
+            if cfg["base"] == "mlp":
+                self.encoder = SequenceEncoder(
+                    cfg["in_features"] + cfg["out_features"],
+                    cfg["encoder_hidden"],
+                    cfg["encoder_layers"],
+                    cfg["encoder"],
+                )
+            else:
+                self.encoder = ImageEncoder(
+                    cfg["in_channels"],
+                    cfg["image_size"],
+                    cfg["num_classes"],
+                    cfg["encoder_hidden"],
+                    cfg["encoder_channels"],
+                    aggregator=cfg["encoder_aggregator"],
+                )
+            self.modulation = ModulationHeads(
+                self.encoder.embedding_size,
+                self.film_channels,
+                cfg["modulation"],
+                cfg["modulation_hidden"],
+            )
+        names = [n for n, _ in base.named_parameters()]
+        if cfg["learn_inner_lr"]:
+            self.inner_lrs = nn.ParameterDict(
+                {_key(n): nn.Parameter(torch.tensor(cfg["inner_lr"])) for n in names}
+            )
+        self.loss_fn = mse_per_task if cfg["loss"] == "mse" else cross_entropy_per_task
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def from_config(cls, cfg: dict) -> MetaLearner:
+        """Build a learner from a config dict (see ``mumo_fast.meta.config``)."""
+        return cls(cfg)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The full, resolved configuration (JSON-serialisable; round-trips)."""
+        return copy.deepcopy(self._config)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """ "base", "encoder", "modulation" (MuMoMAML), "inner_lr" (if learnable)."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        groups["base"] = (
+            list(self.stacked.values())
+            if self.method == "multi-maml"
+            else list(self.base.parameters())
+        )
+        if self.method == "mumomaml":
+            groups["encoder"] = list(self.encoder.parameters())
+            groups["modulation"] = list(self.modulation.parameters())
+        if self._config["learn_inner_lr"]:
+            groups["inner_lr"] = list(self.inner_lrs.values())
+        return groups
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def template(self) -> nn.Module:
+        return self.__dict__["_template"] if self.method == "multi-maml" else self.base
+
+    def _lr(self, name: str) -> float | Tensor:
+        if self._config["learn_inner_lr"]:
+            return self.inner_lrs[_key(name)]
+        return self._config["inner_lr"]
+
+    def _check_inputs(self, x: Tensor, y: Tensor | None, xname: str, yname: str) -> None:
+        cfg = self._config
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{xname} must be a torch.Tensor, got {type(x).__name__}")
+        if cfg["base"] == "mlp":
+            want_x = f"[T, N, {cfg['in_features']}]"
+            ok = x.dim() == 3 and x.shape[-1] == cfg["in_features"]
+        else:
+            c, s = cfg["in_channels"], cfg["image_size"]
+            want_x = f"[T, N, {c}, {s}, {s}]"
+            ok = x.dim() == 5 and tuple(x.shape[2:]) == (c, s, s)
+        if not ok:
+            raise ValueError(f"{xname} must have shape {want_x}, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{xname} must be a floating-point tensor, got {x.dtype}")
+        if y is None:
+            return
+        if not isinstance(y, Tensor):
+            raise TypeError(f"{yname} must be a torch.Tensor, got {type(y).__name__}")
+        t, n = x.shape[:2]
+        if cfg["loss"] == "mse":
+            o = cfg["out_features"] if cfg["base"] == "mlp" else cfg["num_classes"]
+            if tuple(y.shape) != (t, n, o):
+                raise ValueError(f"{yname} must have shape [{t}, {n}, {o}], got {tuple(y.shape)}")
+        else:
+            if tuple(y.shape) != (t, n) or y.dtype != torch.long:
+                raise ValueError(
+                    f"{yname} must be class labels of shape [{t}, {n}] and dtype long, "
+                    f"got {y.dtype} {tuple(y.shape)}"
+                )
+
+    def _check_batch(self, batch: TaskBatch) -> None:
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+        self._check_inputs(batch.support_x, batch.support_y, "support_x", "support_y")
+        self._check_inputs(batch.query_x, batch.query_y, "query_x", "query_y")
+
+    def _film(self, sx: Tensor, sy: Tensor):
+        if self.method != "mumomaml":
+            return None
+        return self.modulation(self.encoder(sx, sy))
+
+    def _initial(self, num_tasks: int, k: int, steps: int, modes: Tensor | None, detach: bool):
+        if self.method == "multi-maml":
+            if modes is None:
+                raise ValueError(
+                    "modes is required for method 'multi-maml' (one ground-truth mode per task)"
+                )
+            modes = check_modes(modes, num_tasks)
+            m = self._config["num_modes"]
+            if int(modes.min()) < 0 or int(modes.max()) >= m:
+                raise ValueError(
+                    f"modes must lie in [0, {m}), got values in [{int(modes.min())}, {int(modes.max())}]"
+                )
+            params = {n: self.stacked[_key(n)][modes] for n in self._param_names}
+            lowrank = {}
+        else:
+            params = dict(self.base.named_parameters())
+            lowrank = lowrank_layers(self.base, steps * k, self._config["fast_weights"])
+        return init_fast_weights(self.template, params, num_tasks, lowrank, detach=detach)
+
+    def _adapted_query(self, batch: TaskBatch, steps: int, first_order: bool):
+        """Query output after ``steps`` inner steps, and the film used (with graph)."""
+        film = self._film(batch.support_x, batch.support_y)
+        fw = self._initial(batch.num_tasks, batch.support_x.shape[1], steps, batch.modes, False)
+        fw = adapt(
+            self.template,
+            fw,
+            film,
+            batch.support_x,
+            batch.support_y,
+            self.loss_fn,
+            steps,
+            self._lr,
+            self._config["inner_grad_clamp"],
+            first_order,
+        )
+        out, _ = forward(self.template, fw, batch.query_x, film)
+        return out, film
+
+    # ------------------------------------------------------------------ public API
+    def meta_train_step(self, batch: TaskBatch) -> dict[str, float]:
+        """Mean post-adaptation query loss over tasks; calls ``.backward()`` (chunked
+        over tasks if ``chunk_size``: gradients accumulate to the unchunked ones).
+        Returns {"loss", "post_mod_loss"} (post-modulation: 0 inner steps)."""
+        self._check_batch(batch)
+        cfg = self._config
+        t = batch.num_tasks
+        size = cfg["chunk_size"] or t
+        total = post = 0.0
+        for start in range(0, t, size):
+            chunk = batch.slice(start, min(start + size, t))
+            out, film = self._adapted_query(chunk, cfg["inner_steps"], cfg["first_order"])
+            losses = self.loss_fn(out, chunk.query_y)
+            (losses.sum() / t).backward()
+            total += float(losses.detach().sum())
+            with torch.no_grad():
+                post += float(self._query_losses(chunk, _detach_film(film)).sum())
+        return {"loss": total / t, "post_mod_loss": post / t}
+
+    def _query_losses(self, batch: TaskBatch, film) -> Tensor:
+        fw = self._initial(batch.num_tasks, batch.support_x.shape[1], 0, batch.modes, True)
+        out, _ = forward(self.template, fw, batch.query_x, film)
+        return self.loss_fn(out, batch.query_y)
+
+    def _eval_chunks(self, batch: TaskBatch, steps: int, fn) -> list:
+        size = self._config["chunk_size"] or batch.num_tasks
+        return [
+            fn(batch.slice(s, min(s + size, batch.num_tasks)), steps)
+            for s in range(0, batch.num_tasks, size)
+        ]
+
+    def _steps(self, steps: int | None) -> int:
+        if steps is None:
+            return self._config["eval_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative int or None, got {steps!r}")
+        return steps
+
+    def _rollout(self, batch: TaskBatch, steps: int, query_y: bool):
+        """Query outputs after 0..steps inner steps (no meta-gradient)."""
+        with torch.no_grad():
+            film = _detach_film(self._film(batch.support_x, batch.support_y))
+        fw = self._initial(batch.num_tasks, batch.support_x.shape[1], steps, batch.modes, True)
+        outs = []
+        for s in range(steps + 1):
+            with torch.no_grad():
+                outs.append(forward(self.template, fw, batch.query_x, film)[0])
+            if s < steps:
+                with torch.enable_grad():
+                    fw = inner_step(
+                        self.template,
+                        fw,
+                        film,
+                        batch.support_x,
+                        batch.support_y,
+                        self.loss_fn,
+                        self._lr,
+                        self._config["inner_grad_clamp"],
+                        create_graph=False,
+                    )
+                fw = detached(fw)
+        return outs
+
+    def evaluate(self, batch: TaskBatch, steps: int | None = None) -> dict[str, Tensor]:
+        """Query loss after 0..steps inner steps, no meta-gradient.
+
+        Returns {"per_step": [steps+1, T]} and, for classification,
+        {"accuracy_per_step": [steps+1, T]}; row 0 is post-modulation."""
+        self._check_batch(batch)
+        steps = self._steps(steps)
+
+        def run(chunk: TaskBatch, s: int):
+            outs = self._rollout(chunk, s, True)
+            loss = torch.stack([self.loss_fn(o, chunk.query_y) for o in outs])
+            acc = None
+            if self._config["loss"] == "cross_entropy":
+                acc = torch.stack(
+                    [(o.argmax(-1) == chunk.query_y).to(o.dtype).mean(1) for o in outs]
+                )
+            return loss, acc
+
+        parts = self._eval_chunks(batch, steps, run)
+        result = {"per_step": torch.cat([p[0] for p in parts], dim=1)}
+        if parts[0][1] is not None:
+            result["accuracy_per_step"] = torch.cat([p[1] for p in parts], dim=1)
+        return result
+
+    def predict(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        steps: int | None = None,
+        modes: Tensor | None = None,
+    ) -> Tensor:
+        """Query predictions [T, Q, ...] after ``steps`` inner steps (None: eval_steps;
+        0: post-modulation). Multi-MAML needs ``modes``."""
+        self._check_inputs(support_x, support_y, "support_x", "support_y")
+        self._check_inputs(query_x, None, "query_x", "query_y")
+        if self.method == "multi-maml" and modes is None:
+            raise ValueError(
+                "modes is required for method 'multi-maml' (one ground-truth mode per task)"
+            )
+        t = support_x.shape[0]
+        if query_x.shape[0] != t:
+            raise ValueError(
+                f"query_x must have T={t} tasks like support_x, got shape {tuple(query_x.shape)}"
+            )
+        steps = self._steps(steps)
+        dummy_y = query_x.new_zeros(query_x.shape[:2], dtype=torch.long)
+        batch = TaskBatch(support_x, support_y, query_x, dummy_y, check_modes(modes, t))
+        parts = self._eval_chunks(batch, steps, lambda c, s: self._rollout(c, s, False)[-1])
+        return torch.cat(parts, dim=0)
+
+    def embed(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+        """Task embeddings [T, E] (MuMoMAML only), without gradient."""
+        if self.method != "mumomaml":
+            raise ValueError(
+                f"embed needs method 'mumomaml' (a task encoder); this learner is {self.method!r}"
+            )
+        self._check_inputs(support_x, support_y, "support_x", "support_y")
+        with torch.no_grad():
+            return self.encoder(support_x, support_y)
+
+
+def _detach_film(film):
+    if film is None:
+        return None
+    return [tuple(None if v is None else v.detach() for v in pair) for pair in film]
