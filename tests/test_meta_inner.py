@@ -1,0 +1,200 @@
+"""The batched inner loop against a per-task Python loop (float64, every parameter)."""
+
+import pytest
+import torch
+from meta_reference import meta_loss
+
+from mumo_fast.meta import MetaLearner, TaskBatch, inner_loop
+
+F64 = {"atol": 1e-10, "rtol": 1e-9}
+
+
+def regression_batch(t=5, k=4, q=6, modes=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return TaskBatch(r(t, k, 1) * 3, r(t, k, 1) * 2, r(t, q, 1) * 3, r(t, q, 1) * 2, modes)
+
+
+def image_batch(t=3, ways=3, shots=1, q=2, size=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k, n = ways * shots, ways * q
+    sy = torch.arange(ways).repeat(shots).expand(t, k).contiguous()
+    qy = torch.arange(ways).repeat(q).expand(t, n).contiguous()
+    return TaskBatch(
+        torch.randn(t, k, 1, size, size, generator=g, dtype=torch.float64),
+        sy,
+        torch.randn(t, n, 1, size, size, generator=g, dtype=torch.float64),
+        qy,
+    )
+
+
+def mlp_cfg(**kw):
+    cfg = {
+        "base": "mlp",
+        "hidden_sizes": [13, 11, 9],
+        "inner_steps": 2,
+        "inner_lr": 0.05,
+        "encoder_hidden": 5,
+        "modulation_hidden": 7,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def make(cfg, seed=0):
+    torch.manual_seed(seed)
+    learner = MetaLearner.from_config(cfg).double()
+    # Non-trivial modulation and inner lrs: perturb every parameter away from its init.
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return learner
+
+
+def grads_of(learner, fn):
+    learner.zero_grad(set_to_none=True)
+    out = fn()
+    return out, {
+        n: (None if p.grad is None else p.grad.clone()) for n, p in learner.named_parameters()
+    }
+
+
+def assert_grads_equal(a, b, tol=F64):
+    assert a.keys() == b.keys()
+    for n in a:
+        if a[n] is None or b[n] is None:
+            assert a[n] is None or torch.count_nonzero(a[n]) == 0, n
+            assert b[n] is None or torch.count_nonzero(b[n]) == 0, n
+            continue
+        torch.testing.assert_close(a[n], b[n], **tol, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def check_against_loop(learner, batch, tol=F64):
+    stats, ours = grads_of(learner, lambda: learner.meta_train_step(batch))
+    ref_loss, ref = grads_of(learner, lambda: meta_loss(learner, batch).backward() or None)
+    loss = meta_loss(learner, batch).item()
+    assert abs(stats["loss"] - loss) < 1e-10
+    assert_grads_equal(ours, ref, tol)
+    nonzero = [n for n, g in ours.items() if g is not None and g.abs().sum() > 0]
+    assert len(nonzero) == len(ours), set(ours) - set(nonzero)
+
+
+@pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
+@pytest.mark.parametrize("modulation", ["film", "sigmoid", "softmax"])
+def test_mumomaml_matches_loop(modulation, fast_weights):
+    learner = make(mlp_cfg(modulation=modulation, fast_weights=fast_weights))
+    check_against_loop(learner, regression_batch())
+
+
+@pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
+def test_first_order_and_learned_lr_match_loop(fast_weights):
+    learner = make(
+        mlp_cfg(first_order=True, learn_inner_lr=True, fast_weights=fast_weights, inner_steps=3)
+    )
+    check_against_loop(learner, regression_batch(t=4, k=3))
+
+
+def test_maml_lstm_linear_heads_match_loop():
+    check_against_loop(make(mlp_cfg(method="maml", fast_weights="lowrank")), regression_batch(t=3))
+    learner = make(mlp_cfg(encoder="lstm", encoder_layers=2, modulation_hidden=None))
+    check_against_loop(learner, regression_batch(t=3))
+
+
+def test_dense_and_lowrank_meta_gradients_identical():
+    batch = regression_batch(t=6, k=5, q=7, seed=3)
+    results = {}
+    for fw in ("dense", "lowrank", "auto"):
+        learner = make(mlp_cfg(fast_weights=fw, inner_steps=3, learn_inner_lr=True), seed=1)
+        results[fw] = grads_of(learner, lambda learner=learner: learner.meta_train_step(batch))
+    for fw in ("lowrank", "auto"):
+        assert abs(results[fw][0]["loss"] - results["dense"][0]["loss"]) < 1e-12
+        assert_grads_equal(results[fw][1], results["dense"][1])
+
+
+@pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
+def test_clamp_matches_loop(fast_weights, monkeypatch):
+    # inner lr large enough for the clamp to matter; 0.5 binds for some layers, not all:
+    # low-rank layers whose clamp binds switch to dense mid-loop, the others stay low-rank.
+    seen = []
+    original = inner_loop._clamp_binds
+
+    def spy(*args):
+        seen.append(original(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(inner_loop, "_clamp_binds", spy)
+    learner = make(mlp_cfg(inner_grad_clamp=0.5, fast_weights=fast_weights, inner_lr=0.1))
+    batch = regression_batch()
+    check_against_loop(learner, batch)
+    if fast_weights == "lowrank":
+        assert True in seen and False in seen
+    unclamped = make(mlp_cfg(fast_weights=fast_weights, inner_lr=0.1))
+    a = learner.meta_train_step(batch)["loss"]
+    b = unclamped.meta_train_step(batch)["loss"]
+    assert abs(a - b) > 1e-6  # the clamp did bind
+
+
+def test_clamp_that_never_binds_keeps_lowrank_exact():
+    batch = regression_batch()
+    a = make(mlp_cfg(inner_grad_clamp=1e6, fast_weights="lowrank"))
+    b = make(mlp_cfg(fast_weights="dense"))
+    assert_grads_equal(
+        grads_of(a, lambda: a.meta_train_step(batch))[1],
+        grads_of(b, lambda: b.meta_train_step(batch))[1],
+    )
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_chunked_equals_unchunked(first_order):
+    batch = regression_batch(t=7)
+    full = make(mlp_cfg(first_order=first_order))
+    chunked = make(mlp_cfg(first_order=first_order, chunk_size=3))
+    sa, ga = grads_of(full, lambda: full.meta_train_step(batch))
+    sb, gb = grads_of(chunked, lambda: chunked.meta_train_step(batch))
+    assert abs(sa["loss"] - sb["loss"]) < 1e-12
+    assert abs(sa["post_mod_loss"] - sb["post_mod_loss"]) < 1e-12
+    assert_grads_equal(ga, gb)
+
+
+def test_multi_maml_routes_by_mode():
+    modes = torch.tensor([2, 0, 2, 2, 0])
+    learner = make(mlp_cfg(method="multi-maml", num_modes=4))
+    batch = regression_batch(modes=modes)
+    learner.zero_grad()
+    learner.meta_train_step(batch)
+    for p in learner.stacked.values():  # modes 1 and 3 have no task: zero gradient
+        assert torch.count_nonzero(p.grad[1]) == 0 and torch.count_nonzero(p.grad[3]) == 0
+        assert p.grad[0].abs().sum() > 0 and p.grad[2].abs().sum() > 0
+    ref = {n: p.grad.clone() for n, p in learner.named_parameters()}
+    learner.zero_grad()
+    meta_loss(learner, batch).backward()
+    assert_grads_equal(ref, {n: p.grad for n, p in learner.named_parameters()})
+    # Swapping the labels of two tasks changes the routing, hence the loss.
+    other = TaskBatch(
+        batch.support_x,
+        batch.support_y,
+        batch.query_x,
+        batch.query_y,
+        torch.tensor([0, 2, 2, 2, 0]),
+    )
+    assert (
+        abs(learner.meta_train_step(other)["loss"] - learner.meta_train_step(batch)["loss"]) > 1e-6
+    )
+
+
+@pytest.mark.parametrize("method", ["maml", "mumomaml"])
+def test_conv4_matches_loop(method):
+    cfg = {
+        "base": "conv4",
+        "image_size": 12,
+        "num_classes": 3,
+        "conv_channels": 5,
+        "num_blocks": 3,
+        "method": method,
+        "inner_steps": 2,
+        "inner_lr": 0.3,
+        "encoder_hidden": 4,
+        "encoder_channels": 3,
+        "modulation_hidden": 16,
+    }
+    check_against_loop(make(cfg), image_batch(), tol={"atol": 1e-9, "rtol": 1e-8})
