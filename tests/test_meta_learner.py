@@ -161,3 +161,17 @@ def test_base_networks_expose_film_channels():
     assert conv(x, film, task_axis=True).shape == (2, 3, 5)
     with pytest.raises(ValueError, match="film"):
         conv(x, film[:3], task_axis=True)
+
+
+def test_nested_config_spelling_resolves_to_flat():
+    nested = {
+        "base": {"type": "mlp", "sizes": [1, 7, 5, 2]},
+        "encoder": {"type": "lstm", "hidden": 6, "layers": 2, "bidirectional": True},
+        "modulation": {"type": "sigmoid", "hidden": None},
+    }
+    cfg = MetaLearner.from_config(nested).config
+    assert (cfg["in_features"], cfg["hidden_sizes"], cfg["out_features"]) == (1, [7, 5], 2)
+    assert (cfg["encoder"], cfg["encoder_hidden"], cfg["encoder_layers"]) == ("lstm", 6, 2)
+    assert cfg["modulation"] == "sigmoid" and cfg["modulation_hidden"] is None
+    with pytest.raises(ValueError, match="bidirectional"):
+        MetaLearner.from_config({"encoder": {"type": "gru", "bidirectional": False}})

@@ -57,10 +57,55 @@ def _int(cfg: dict, key: str, minimum: int, optional: bool = False) -> None:
         raise ValueError(f"config[{key!r}] must be an int >= {minimum}, got {v!r}")
 
 
+def _flatten(cfg: dict) -> dict:
+    """Accept the nested spelling too: ``"base": {"type": "mlp", "sizes": [1, 100, 100,
+    100, 1]}`` (or conv4 keys), ``"encoder": {"type": "gru", "hidden": 40, "layers": 1,
+    "bidirectional": True, "aggregator": ..., "channels": ...}``, ``"modulation":
+    {"type": "film", "hidden": 128}``."""
+    cfg = dict(cfg)
+    base = cfg.get("base")
+    if isinstance(base, dict):
+        base = dict(base)
+        cfg["base"] = base.pop("type", "mlp")
+        sizes = base.pop("sizes", None)
+        if sizes is not None:
+            if not isinstance(sizes, (list, tuple)) or len(sizes) < 3:
+                raise ValueError(
+                    f"config['base']['sizes'] must be [in, hidden..., out], got {sizes!r}"
+                )
+            cfg["in_features"], cfg["out_features"] = sizes[0], sizes[-1]
+            cfg["hidden_sizes"] = list(sizes[1:-1])
+        cfg.update(base)
+    enc = cfg.get("encoder")
+    if isinstance(enc, dict):
+        enc = dict(enc)
+        if enc.pop("bidirectional", True) is not True:
+            raise ValueError(
+                "config['encoder']['bidirectional'] must be True (the encoder is bidirectional)"
+            )
+        cfg["encoder"] = enc.pop("type", None)
+        for short in ("hidden", "layers", "aggregator", "channels"):
+            if short in enc:
+                cfg[f"encoder_{short}"] = enc.pop(short)
+        if enc:
+            raise ValueError(f"unknown config['encoder'] keys {sorted(enc)}")
+    mod = cfg.get("modulation")
+    if isinstance(mod, dict):
+        mod = dict(mod)
+        cfg["modulation"] = mod.pop("type", "film")
+        if "hidden" in mod:
+            cfg["modulation_hidden"] = mod.pop("hidden")
+        if mod:
+            raise ValueError(f"unknown config['modulation'] keys {sorted(mod)}")
+    return cfg
+
+
 def resolve_config(cfg: dict) -> dict:
-    """Defaults filled in, every value checked; raises ValueError naming the key."""
+    """Defaults filled in, every value checked; raises ValueError naming the key.
+    The result is the canonical flat form (see :func:`_flatten` for the nested one)."""
     if not isinstance(cfg, dict):
         raise TypeError(f"cfg must be a dict, got {type(cfg).__name__}")
+    cfg = _flatten(cfg)
     base = cfg.get("base", "mlp")
     if base not in BASES:
         raise ValueError(f"config['base'] must be one of {BASES}, got {base!r}")
