@@ -27,7 +27,11 @@ def linear_args(t, n, i, o, shared, flags, dtype, grad=False, shared_bias=False)
     has_b, has_g, has_be = flags
     x = rand(t, n, i, dtype=dtype, grad=grad)
     w = rand(o, i, dtype=dtype, grad=grad) if shared else rand(t, o, i, dtype=dtype, grad=grad)
-    b = (rand(o, dtype=dtype, grad=grad) if shared_bias else rand(t, o, dtype=dtype, grad=grad)) if has_b else None
+    b = (
+        (rand(o, dtype=dtype, grad=grad) if shared_bias else rand(t, o, dtype=dtype, grad=grad))
+        if has_b
+        else None
+    )
     g = (1 + 0.5 * rand(t, o, dtype=dtype)).requires_grad_(grad) if has_g else None
     be = rand(t, o, dtype=dtype, grad=grad) if has_be else None
     return x, w, b, g, be
@@ -36,8 +40,16 @@ def linear_args(t, n, i, o, shared, flags, dtype, grad=False, shared_bias=False)
 def conv_args(t, n, c, h, w, o, k, shared, flags, dtype, grad=False):
     has_b, has_g, has_be = flags
     x = rand(t, n, c, h, w, dtype=dtype, grad=grad)
-    wt = rand(o, c, k, k, dtype=dtype, grad=grad) if shared else rand(t, o, c, k, k, dtype=dtype, grad=grad)
-    b = (rand(o, dtype=dtype, grad=grad) if shared else rand(t, o, dtype=dtype, grad=grad)) if has_b else None
+    wt = (
+        rand(o, c, k, k, dtype=dtype, grad=grad)
+        if shared
+        else rand(t, o, c, k, k, dtype=dtype, grad=grad)
+    )
+    b = (
+        (rand(o, dtype=dtype, grad=grad) if shared else rand(t, o, dtype=dtype, grad=grad))
+        if has_b
+        else None
+    )
     g = (1 + 0.5 * rand(t, o, dtype=dtype)).requires_grad_(grad) if has_g else None
     be = rand(t, o, dtype=dtype, grad=grad) if has_be else None
     return x, wt, b, g, be

@@ -18,9 +18,17 @@ LINEAR_CASES = [
     (dict(x=r(3, 4, 5), weight=r(6, 5), gamma=r(6)), ValueError, r"gamma must have shape \[3, 6\]"),
     (dict(x=r(3, 4, 5), weight=r(6, 5), beta=r(1, 6)), ValueError, "beta must have shape"),
     (dict(x=r(3, 4, 5), weight=r(6, 5, dtype=torch.float64)), TypeError, "weight must have dtype"),
-    (dict(x=r(3, 4, 5), weight=r(6, 5), activation="gelu"), ValueError, "activation must be one of"),
+    (
+        dict(x=r(3, 4, 5), weight=r(6, 5), activation="gelu"),
+        ValueError,
+        "activation must be one of",
+    ),
     (dict(x=r(3, 4, 5), weight=r(6, 5), backend="cuda"), ValueError, "backend must be one of"),
-    (dict(x=torch.ones(3, 4, 5, dtype=torch.long), weight=r(6, 5)), TypeError, "x must be a floating"),
+    (
+        dict(x=torch.ones(3, 4, 5, dtype=torch.long), weight=r(6, 5)),
+        TypeError,
+        "x must be a floating",
+    ),
     (dict(x=[[1.0]], weight=r(6, 5)), TypeError, "x must be a torch.Tensor"),
     (dict(x=r(3, 0, 5), weight=r(6, 5)), ValueError, "x must not be empty"),
 ]

@@ -59,7 +59,12 @@ def test_film_conv2d(backend, dtype, shared, stride, padding):
 @pytest.mark.parametrize("shared", (True, False))
 def test_film_batch_norm(backend, dtype, shape, shared):
     for activation in ACTIVATIONS:
-        for flags in [(True, True, True, True), (False, False, False, False), (True, False, True, False), (False, True, False, True)]:
+        for flags in [
+            (True, True, True, True),
+            (False, False, False, False),
+            (True, False, True, False),
+            (False, True, False, True),
+        ]:
             args = bn_args(shape, shared, flags, dtype)
             got = ops.film_batch_norm(*args, activation=activation, backend=backend)
             want = ops.film_batch_norm(*args, activation=activation, backend="reference")

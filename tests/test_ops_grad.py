@@ -40,7 +40,11 @@ def _op_cases(dtype, grad=True):
             (x, w, u, v, b, g, be),
         ),
         ("conv", _bind(ops.film_conv2d, conv, stride=2, padding=1, activation="relu"), conv),
-        ("conv-shared", _bind(ops.film_conv2d, conv_shared, padding=(1, 0), activation="tanh"), conv_shared),
+        (
+            "conv-shared",
+            _bind(ops.film_conv2d, conv_shared, padding=(1, 0), activation="tanh"),
+            conv_shared,
+        ),
         ("bn-4d", _bind(ops.film_batch_norm, bn4, activation="tanh"), bn4),
     ]
     return cases

@@ -40,13 +40,21 @@ def _cnn(backend, x, p):
 def test_maml_mlp(backend):
     t, i, h, o = 3, 4, 6, 2
     params = [
-        rand(t, h, i, dtype=F64, grad=True), rand(t, h, dtype=F64, grad=True),
-        (1 + 0.3 * rand(t, h, dtype=F64)).requires_grad_(), rand(t, h, dtype=F64, grad=True),
-        rand(t, o, h, dtype=F64, grad=True), rand(t, o, dtype=F64, grad=True),
-        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(), rand(t, o, dtype=F64, grad=True),
+        rand(t, h, i, dtype=F64, grad=True),
+        rand(t, h, dtype=F64, grad=True),
+        (1 + 0.3 * rand(t, h, dtype=F64)).requires_grad_(),
+        rand(t, h, dtype=F64, grad=True),
+        rand(t, o, h, dtype=F64, grad=True),
+        rand(t, o, dtype=F64, grad=True),
+        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(),
+        rand(t, o, dtype=F64, grad=True),
     ]
-    data = [rand(t, 5, i, dtype=F64, grad=True), rand(t, 5, o, dtype=F64),
-            rand(t, 7, i, dtype=F64, grad=True), rand(t, 7, o, dtype=F64)]
+    data = [
+        rand(t, 5, i, dtype=F64, grad=True),
+        rand(t, 5, o, dtype=F64),
+        rand(t, 7, i, dtype=F64, grad=True),
+        rand(t, 7, o, dtype=F64),
+    ]
     want = _maml_meta_grads("reference", _mlp, params, *data)
     got = _maml_meta_grads(backend, _mlp, params, *data)
     for gw, gg in zip(want, got):
@@ -56,14 +64,22 @@ def test_maml_mlp(backend):
 def test_maml_conv_bn(backend):
     t, c, o, n = 2, 2, 3, 4
     params = [
-        rand(t, o, c, 3, 3, dtype=F64, grad=True), rand(t, o, dtype=F64, grad=True),
-        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(), rand(t, o, dtype=F64, grad=True),
-        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(), rand(t, o, dtype=F64, grad=True),
-        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(), rand(t, o, dtype=F64, grad=True),
+        rand(t, o, c, 3, 3, dtype=F64, grad=True),
+        rand(t, o, dtype=F64, grad=True),
+        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(),
+        rand(t, o, dtype=F64, grad=True),
+        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(),
+        rand(t, o, dtype=F64, grad=True),
+        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(),
+        rand(t, o, dtype=F64, grad=True),
         rand(t, 2, o * 9, dtype=F64, grad=True),
     ]
-    data = [rand(t, n, c, 5, 5, dtype=F64, grad=True), rand(t, n, 2, dtype=F64),
-            rand(t, n + 1, c, 5, 5, dtype=F64, grad=True), rand(t, n + 1, 2, dtype=F64)]
+    data = [
+        rand(t, n, c, 5, 5, dtype=F64, grad=True),
+        rand(t, n, 2, dtype=F64),
+        rand(t, n + 1, c, 5, 5, dtype=F64, grad=True),
+        rand(t, n + 1, 2, dtype=F64),
+    ]
     want = _maml_meta_grads("reference", _cnn, params, *data, steps=3, lr=0.05)
     got = _maml_meta_grads(backend, _cnn, params, *data, steps=3, lr=0.05)
     for gw, gg in zip(want, got):
@@ -102,7 +118,11 @@ def test_torch_func_agreement(backend):
     xb = 2 * rand(2, 5, 3, dtype=F64) + 1
 
     def bn_loss(gm, bk):
-        return ops.film_batch_norm(xb, None, None, gm, None, activation="tanh", backend=bk).pow(2).sum()
+        return (
+            ops.film_batch_norm(xb, None, None, gm, None, activation="tanh", backend=bk)
+            .pow(2)
+            .sum()
+        )
 
     gm = 1 + 0.3 * rand(2, 3, dtype=F64)
     torch.testing.assert_close(grad(bn_loss)(gm, backend), grad(bn_loss)(gm, "reference"))

@@ -7,8 +7,7 @@ is differentiable to any order.
 
 from __future__ import annotations
 
-from typing import Sequence
-
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -69,9 +68,7 @@ def film_linear(
     name = _pick(backend, x, "film_linear")
     if name == "reference":
         return reference.film_linear(x, weight, bias, gamma, beta, activation)
-    y, _ = FilmLinearFunction.apply(
-        x, weight, bias, gamma, beta, activation, backends.load(name)
-    )
+    y, _ = FilmLinearFunction.apply(x, weight, bias, gamma, beta, activation, backends.load(name))
     return y
 
 
@@ -179,5 +176,3 @@ def clamped_sgd(
     if fused is not None:
         return fused(params, grads, lr, clamp)
     return reference.clamped_sgd(params, grads, lr, clamp)
-
-

@@ -40,9 +40,7 @@ def _check_x(x: object, ranks: tuple[int, ...], layout: str) -> Tensor:
     return x
 
 
-def check_vector(
-    x: Tensor, name: str, v: object, t: int, c: int, shared_ok: bool
-) -> Tensor | None:
+def check_vector(x: Tensor, name: str, v: object, t: int, c: int, shared_ok: bool) -> Tensor | None:
     """A per-task [T, C] (or, where shared_ok, [C]) vector argument; None passes."""
     if v is None:
         return None
@@ -104,8 +102,10 @@ def check_pair(name: str, v: object, minimum: int) -> tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, int):
         pair = (v, v)
-    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in v
+    elif (
+        isinstance(v, (tuple, list))
+        and len(v) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
     ):
         pair = (int(v[0]), int(v[1]))
     else:

@@ -41,9 +41,7 @@ class FilmEpilogueBackward(Function):
 
     @staticmethod
     def forward(gy, y, z, gamma, act: str, backend: ModuleType):
-        return backend.epilogue_bwd(
-            gy.contiguous(), y.contiguous(), z.contiguous(), gamma, act
-        )
+        return backend.epilogue_bwd(gy.contiguous(), y.contiguous(), z.contiguous(), gamma, act)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -142,7 +140,11 @@ class FilmLinearFunction(Function):
         dz, dgamma, dbeta, dbias = epilogue_grads(
             None if gy is None else gy.unsqueeze(-1),
             None if gz is None else gz.unsqueeze(-1),
-            y.unsqueeze(-1), z.unsqueeze(-1), gamma, ctx.act, ctx.backend,
+            y.unsqueeze(-1),
+            z.unsqueeze(-1),
+            gamma,
+            ctx.act,
+            ctx.backend,
         )
         if dz is None:
             return (None,) * 7
@@ -178,8 +180,14 @@ class FilmLinearLowRankFunction(Function):
     def forward(x, weight, u, v, bias, gamma, beta, act: str, backend: ModuleType):
         t = x.shape[0]
         return backend.linear_lowrank_fwd(
-            x.contiguous(), weight.contiguous(), u.contiguous(), v.contiguous(),
-            _expand_tc(bias, t), _opt(gamma), _opt(beta), act,
+            x.contiguous(),
+            weight.contiguous(),
+            u.contiguous(),
+            v.contiguous(),
+            _expand_tc(bias, t),
+            _opt(gamma),
+            _opt(beta),
+            act,
         )
 
     @staticmethod
@@ -198,7 +206,11 @@ class FilmLinearLowRankFunction(Function):
         dz, dgamma, dbeta, dbias = epilogue_grads(
             None if gy is None else gy.unsqueeze(-1),
             None if gz is None else gz.unsqueeze(-1),
-            y.unsqueeze(-1), z.unsqueeze(-1), gamma, ctx.act, ctx.backend,
+            y.unsqueeze(-1),
+            z.unsqueeze(-1),
+            gamma,
+            ctx.act,
+            ctx.backend,
         )
         if dz is None:
             return (None,) * 9
@@ -220,11 +232,15 @@ class FilmLinearLowRankFunction(Function):
         if has_bias and dbias is not None and ctx.bias_shared:
             dbias = dbias.sum(0)
         return (
-            dx, dweight, du, dv,
+            dx,
+            dweight,
+            du,
+            dv,
             dbias if has_bias else None,
             dgamma if has_gamma else None,
             dbeta if has_beta else None,
-            None, None,
+            None,
+            None,
         )
 
 
@@ -235,8 +251,17 @@ def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w):
     mask = [bool(need_x), bool(need_w), False]
     if weight.dim() == 4:
         dx, dw, _ = torch.ops.aten.convolution_backward(
-            dz.reshape(t * n, *dz.shape[2:]), x.reshape(t * n, c, h, w), weight,
-            None, list(stride), list(padding), [1, 1], False, [0, 0], 1, mask,
+            dz.reshape(t * n, *dz.shape[2:]),
+            x.reshape(t * n, c, h, w),
+            weight,
+            None,
+            list(stride),
+            list(padding),
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            mask,
         )
         if dx is not None:
             dx = dx.reshape(t, n, c, h, w)
@@ -246,7 +271,14 @@ def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w):
         dz.transpose(0, 1).reshape(n, t * o, *dz.shape[3:]),
         x.transpose(0, 1).reshape(n, t * c, h, w),
         weight.reshape(t * o, *weight.shape[2:]),
-        None, list(stride), list(padding), [1, 1], False, [0, 0], t, mask,
+        None,
+        list(stride),
+        list(padding),
+        [1, 1],
+        False,
+        [0, 0],
+        t,
+        mask,
     )
     if dx is not None:
         dx = dx.reshape(n, t, c, h, w).transpose(0, 1)
@@ -262,8 +294,14 @@ class FilmConv2dFunction(Function):
     def forward(x, weight, bias, gamma, beta, stride, padding, act: str, backend: ModuleType):
         t = x.shape[0]
         return backend.conv_fwd(
-            x.contiguous(), weight.contiguous(), _expand_tc(bias, t), _opt(gamma), _opt(beta),
-            stride, padding, act,
+            x.contiguous(),
+            weight.contiguous(),
+            _expand_tc(bias, t),
+            _opt(gamma),
+            _opt(beta),
+            stride,
+            padding,
+            act,
         )
 
     @staticmethod
@@ -283,24 +321,37 @@ class FilmConv2dFunction(Function):
         dz, dgamma, dbeta, dbias = epilogue_grads(
             None if gy is None else gy.reshape(shape4),
             None if gz is None else gz.reshape(shape4),
-            y.reshape(shape4), z.reshape(shape4), gamma, ctx.act, ctx.backend,
+            y.reshape(shape4),
+            z.reshape(shape4),
+            gamma,
+            ctx.act,
+            ctx.backend,
         )
         if dz is None:
             return (None,) * 9
         dz = dz.reshape(y.shape)
         dx, dweight = _conv_input_weight_grads(
-            dz, x, weight, ctx.stride, ctx.padding,
-            ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            dz,
+            x,
+            weight,
+            ctx.stride,
+            ctx.padding,
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
         )
         has_bias, has_gamma, has_beta = ctx.has
         if has_bias and dbias is not None and ctx.bias_shared:
             dbias = dbias.sum(0)
         return (
-            dx, dweight,
+            dx,
+            dweight,
             dbias if has_bias else None,
             dgamma if has_gamma else None,
             dbeta if has_beta else None,
-            None, None, None, None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -314,8 +365,13 @@ class FilmBatchNormFunction(Function):
     def forward(x, weight, bias, gamma, beta, eps: float, act: str, backend: ModuleType):
         t, n, c = x.shape[:3]
         y, mean, rstd = backend.bn_fwd(
-            x.reshape(t, n, c, -1).contiguous(), _expand_tc(weight, t), _expand_tc(bias, t),
-            _opt(gamma), _opt(beta), eps, act,
+            x.reshape(t, n, c, -1).contiguous(),
+            _expand_tc(weight, t),
+            _expand_tc(bias, t),
+            _opt(gamma),
+            _opt(beta),
+            eps,
+            act,
         )
         return y.reshape(x.shape), mean, rstd
 
@@ -335,13 +391,18 @@ class FilmBatchNormFunction(Function):
         y4 = y.reshape(t, n, c, -1)
         w = _expand_tc(weight, t) if weight is not None else None
         b = _expand_tc(bias, t) if bias is not None else None
-        fused = (
-            not torch.is_grad_enabled() and gy is not None and gmean is None and grstd is None
-        )
+        fused = not torch.is_grad_enabled() and gy is not None and gmean is None and grstd is None
         if fused:
             dx, dweight, dbias, dgamma, dbeta = ctx.backend.bn_bwd(
-                gy.reshape(t, n, c, -1).contiguous(), x4.contiguous(), y4.contiguous(),
-                mean, rstd, w, b, gamma, ctx.act,
+                gy.reshape(t, n, c, -1).contiguous(),
+                x4.contiguous(),
+                y4.contiguous(),
+                mean,
+                rstd,
+                w,
+                b,
+                gamma,
+                ctx.act,
             )
         else:
             dx, dweight, dbias, dgamma, dbeta = _bn_backward_differentiable(
@@ -354,7 +415,9 @@ class FilmBatchNormFunction(Function):
             _reduce_like(dbias, bias),
             dgamma if gamma is not None else None,
             dbeta if ctx.needs_input_grad[4] else None,
-            None, None, None,
+            None,
+            None,
+            None,
         )
 
 

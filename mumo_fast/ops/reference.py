@@ -35,9 +35,7 @@ def per_channel(v: Tensor | None, ndim: int) -> Tensor | None:
     return v.reshape(v.shape[0], 1, v.shape[1], *([1] * (ndim - 3)))
 
 
-def film_epilogue(
-    z: Tensor, gamma: Tensor | None, beta: Tensor | None, activation: str
-) -> Tensor:
+def film_epilogue(z: Tensor, gamma: Tensor | None, beta: Tensor | None, activation: str) -> Tensor:
     """act(z * gamma + beta) with gamma, beta [T, C] broadcast over z [T, N, C, ...]."""
     u = z
     if gamma is not None:

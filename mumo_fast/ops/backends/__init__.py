@@ -65,8 +65,10 @@ def resolve(name: str, device: torch.device, op: str) -> str:
         if name == "cpp" and device.type != "cpu" and not _cpp_has_device(device):
             raise ValueError(f"backend 'cpp' has no kernels for device {device}")
         return name
-    for candidate in AUTO_PREFERENCE.get((device.type, op), AUTO_PREFERENCE[(device.type, "*")]
-                                         if (device.type, "*") in AUTO_PREFERENCE else ()):
+    for candidate in AUTO_PREFERENCE.get(
+        (device.type, op),
+        AUTO_PREFERENCE[(device.type, "*")] if (device.type, "*") in AUTO_PREFERENCE else (),
+    ):
         if candidate == "reference" or load(candidate) is not None:
             return candidate
     return "reference"
