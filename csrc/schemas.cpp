@@ -1,6 +1,7 @@
 // Op schemas of the raw ops (the contract of mumo_fast/ops/backends/eager.py),
 // and an empty Python module so that the library is importable as mumo_fast._C.
 #include <Python.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(mumo_fast, m) {
@@ -22,6 +23,16 @@ TORCH_LIBRARY(mumo_fast, m) {
   m.def(
       "bn_bwd(Tensor gy, Tensor x, Tensor y, Tensor mean, Tensor rstd, Tensor? weight,"
       " Tensor? bias, Tensor? gamma, str act) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+// The raw ops have no derivative of their own (the autograd Functions in
+// mumo_fast/ops/functions.py differentiate them): differentiating one directly
+// raises instead of silently returning a graph-less output.
+TORCH_LIBRARY_IMPL(mumo_fast, Autograd, m) {
+  for (const char* name : {"linear_fwd", "linear_lowrank_fwd", "conv_fwd", "epilogue_bwd",
+                           "bn_fwd", "bn_bwd"}) {
+    m.impl(name, torch::autograd::autogradNotImplementedFallback());
+  }
 }
 
 #define MUMO_CAT_(a, b) a##b

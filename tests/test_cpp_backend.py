@@ -1,0 +1,228 @@
+"""Tests specific to the ``cpp`` backend: opcheck of every raw op, direct raw-op parity
+with eager.py (both kernel layouts, both per-task conv strategies), the vmap rules,
+and the fallback when the extension cannot be built."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mumo_fast.ops import available_backends
+from mumo_fast.ops.backends import cpp, eager
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTS = ("none", "relu", "tanh", "sigmoid")
+DTYPES = (torch.float32, torch.float64)
+TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-11, atol=1e-11)}
+
+
+def _rand(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+def _opt(flag, *shape, dtype):
+    return _rand(*shape, dtype=dtype) if flag else None
+
+
+def _close(got, want, dtype):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.is_contiguous() and g.dtype == w.dtype
+        torch.testing.assert_close(g, w, **TOL[dtype])
+
+
+def test_cpp_is_available_and_listed():
+    assert cpp.available(), "the C++ extension failed to load (see the warning)"
+    assert "cpp" in available_backends()
+    assert cpp.supports_device(torch.device("cpu"))
+    assert not cpp.supports_device(torch.device("meta"))
+
+
+# ---- sample inputs: (op name, args) with odd shapes, optional args on and off ----
+
+
+def _samples(dtype, requires_grad=False):
+    g = torch.Generator().manual_seed(1234)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_(requires_grad)
+
+    out = []
+    t, n, i, o = 3, 5, 7, 6
+    for k, (hb, hg, hbe) in enumerate([(1, 1, 1), (0, 0, 0), (1, 0, 1), (0, 1, 0)]):
+        act = ACTS[k]
+        b = r(t, o) if hb else None
+        gm = r(t, o) if hg else None
+        be = r(t, o) if hbe else None
+        w = r(t, o, i) if k % 2 == 0 else r(o, i)
+        out.append(("linear_fwd", (r(t, n, i), w, b, gm, be, act)))
+        out.append(
+            ("linear_lowrank_fwd", (r(t, n, i), r(o, i), r(t, 2, i), r(t, 2, o), b, gm, be, act))
+        )
+        wc = r(t, o, 2, 3, 3) if k % 2 == 0 else r(o, 2, 3, 3)
+        stride, pad = ([2, 1], [1, 0]) if k < 2 else ([1, 1], [1, 1])
+        out.append(("conv_fwd", (r(t, n, 2, 7, 6), wc, b, gm, be, stride, pad, act)))
+        for s in (1, 19):
+            x4 = r(t, n, o, s)
+            y4 = eager.bn_fwd(x4.detach(), b, be, gm, None, 1e-5, act)[0]
+            out.append(("epilogue_bwd", (r(t, n, o, s), y4, r(t, n, o, s), gm, act)))
+            out.append(("bn_fwd", (x4, b, be, gm, be, 1e-3, act)))
+            _, mean, rstd = eager.bn_fwd(x4.detach(), b, be, gm, be, 1e-3, act)
+            out.append(("bn_bwd", (r(t, n, o, s), x4, y4, mean, rstd, b, be, gm, act)))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck_every_raw_op(dtype):
+    assert cpp.available()
+    seen = set()
+    for name, args in _samples(dtype):
+        torch.library.opcheck(getattr(torch.ops.mumo_fast, name).default, args)
+        seen.add(name)
+    assert seen == set(cpp.OP_NAMES)
+    # Raw ops are forward-only (the autograd Functions differentiate them): with inputs
+    # that require grad they must have an Autograd kernel (which raises on backward),
+    # so everything but the backward-running aot_dispatch test applies.
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    for name, args in _samples(dtype, requires_grad=True):
+        torch.library.opcheck(getattr(torch.ops.mumo_fast, name).default, args, test_utils=utils)
+
+
+def test_raw_op_backward_raises():
+    x = _rand(2, 3, 4).requires_grad_()
+    y, _ = cpp.linear_fwd(x, _rand(5, 4), None, None, None, "relu")
+    with pytest.raises(RuntimeError, match="not implemented"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_raw_op_parity_with_eager(dtype):
+    for name, args in _samples(dtype):
+        _close(getattr(cpp, name)(*args), getattr(eager, name)(*args), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("s", [1, 4, 15, 16, 23, 64])
+def test_epilogue_and_bn_layouts(dtype, s):
+    """Both kernel layouts (task-major for S < 16, plane-major with an 8-lane tail)."""
+    t, n, c = 2, 9, 5
+    for act in ACTS:
+        # shifted, scaled data: the one-pass variance must not cancel
+        x = 50 + 3 * _rand(t, n, c, s, dtype=dtype)
+        w, b, gm, be = (_rand(t, c, dtype=dtype) for _ in range(4))
+        want = eager.bn_fwd(x, w, b, gm, be, 1e-5, act)
+        _close(cpp.bn_fwd(x, w, b, gm, be, 1e-5, act), want, dtype)
+        gy = _rand(t, n, c, s, dtype=dtype)
+        y, mean, rstd = want
+        _close(
+            cpp.bn_bwd(gy, x, y, mean, rstd, w, b, gm, act),
+            eager.bn_bwd(gy, x, y, mean, rstd, w, b, gm, act),
+            dtype,
+        )
+        z = _rand(t, n, c, s, dtype=dtype)
+        _close(cpp.epilogue_bwd(gy, y, z, gm, act), eager.epilogue_bwd(gy, y, z, gm, act), dtype)
+        _close(
+            cpp.epilogue_bwd(gy, y, z, None, act), eager.epilogue_bwd(gy, y, z, None, act), dtype
+        )
+
+
+@pytest.mark.parametrize("strategy", ["loop", "grouped"])
+def test_per_task_conv_strategies(strategy, monkeypatch):
+    monkeypatch.setenv("MUMO_FAST_CPP_CONV", strategy)
+    dtype = torch.float64
+    t, n, c, o = 3, 4, 3, 5
+    x = _rand(t, n, c, 9, 8, dtype=dtype)
+    w = _rand(t, o, c, 3, 2, dtype=dtype)
+    b, gm, be = (_rand(t, o, dtype=dtype) for _ in range(3))
+    for stride, pad in (((2, 2), (1, 1)), ((1, 3), (0, 2))):
+        args = (x, w, b, gm, be, stride, pad, "relu")
+        _close(cpp.conv_fwd(*args), eager.conv_fwd(*args), dtype)
+
+
+def test_vmap_rules_match_a_loop():
+    dtype = torch.float64
+    b, t, n, i, o = 3, 2, 4, 5, 6
+    x = _rand(b, t, n, i, dtype=dtype)
+    w = _rand(t, o, i, dtype=dtype)
+    gm = _rand(b, t, o, dtype=dtype)
+    got = torch.vmap(cpp.linear_fwd, in_dims=(0, None, None, 0, None, None))(
+        x, w, None, gm, None, "tanh"
+    )
+    for k in range(b):
+        _close([g[k] for g in got], eager.linear_fwd(x[k], w, None, gm[k], None, "tanh"), dtype)
+    x4 = _rand(t, n, o, 3, b, dtype=dtype)  # batch dim last
+    got = torch.vmap(cpp.bn_fwd, in_dims=(4, None, None, None, None, None, None))(
+        x4, None, None, None, None, 1e-5, "relu"
+    )
+    for k in range(b):
+        want = eager.bn_fwd(x4[..., k].contiguous(), None, None, None, None, 1e-5, "relu")
+        _close([g[k] for g in got], want, dtype)
+
+
+def test_other_dtypes_fall_back_to_eager():
+    x = _rand(2, 3, 4).to(torch.bfloat16)
+    w = _rand(5, 4).to(torch.bfloat16)
+    got = cpp.linear_fwd(x, w, None, None, None, "relu")
+    want = eager.linear_fwd(x, w, None, None, None, "relu")
+    for g, e in zip(got, want):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g, e)
+
+
+def test_raw_op_rejects_bad_shapes():
+    x = _rand(2, 3, 4)
+    with pytest.raises(RuntimeError, match="gamma must have shape"):
+        cpp.linear_fwd(x, _rand(5, 4), None, _rand(2, 4), None, "none")
+    with pytest.raises(RuntimeError, match="activation"):
+        cpp.linear_fwd(x, _rand(5, 4), None, None, None, "gelu")
+
+
+def test_source_dir_found_in_checkout():
+    from mumo_fast.ops.backends import cpp_build
+
+    assert (cpp_build.source_dir() / "schemas.cpp").is_file()
+
+
+def test_build_failure_warns_once_and_auto_falls_back(tmp_path):
+    bad = tmp_path / "csrc"
+    bad.mkdir()
+    (bad / "broken.cpp").write_text("this is not C++;\n")
+    script = textwrap.dedent(
+        """
+        import warnings
+        import torch
+        warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:
+            from mumo_fast import ops
+            names = ops.available_backends()
+            names_again = ops.available_backends()
+            x = torch.randn(2, 3, 4)
+            y = ops.film_linear(x, torch.randn(5, 4), activation="relu")
+        msgs = [str(w.message) for w in caught if "C++ extension" in str(w.message)]
+        assert "cpp" not in names and names == names_again, names
+        assert y.shape == (2, 3, 5)
+        assert len(msgs) == 1, msgs
+        print("OK", msgs[0][:80])
+        """
+    )
+    env = dict(
+        os.environ,
+        MUMO_FAST_CSRC=str(bad),
+        MUMO_FAST_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    env.pop("MUMO_FAST_NO_CPP", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("OK")
