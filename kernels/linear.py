@@ -118,9 +118,7 @@ def gemm_blocks(rows: int, cols: int, red: int, dot: bool) -> tuple[int, int, in
     are at least 16 wide; the float64 broadcast path keeps BM*BN*BK small.
     """
     if _common.INTERPRET:
-        if dot:
-            return 16, 16, 16, 4
-        return 8, 8, 8, 4
+        return 16, 16, 16, 4
     if not dot:
         return _common.clamp_pow2(rows, 8, 16), _common.clamp_pow2(cols, 16, 32), 8, 4
     bm = 16 if rows <= 16 else (32 if rows <= 32 else 64)

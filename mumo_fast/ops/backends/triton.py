@@ -3,7 +3,7 @@
 Every raw op is a ``torch.library.custom_op`` in the namespace ``mumo_fast_triton``
 with a fake (meta) implementation and a vmap rule, and no autograd of its own: the
 autograd Functions in ``mumo_fast.ops.functions`` differentiate them (SPEC section 5).
-The vmap rule maps the ``eager`` implementation of the same op, which is plain torch.
+The vmap rule calls the op once per vmapped index.
 
 Kernels live in ``kernels/`` (``mumo_fast.kernels``): ``linear`` (batched GEMM over the
 task axis + FiLM epilogue), ``lowrank`` (shared GEMM + rank-R correction + epilogue),
@@ -32,7 +32,6 @@ from ...kernels import linear as _linear
 from ...kernels import lowrank as _lowrank
 from ...kernels import norm as _norm
 from ...kernels import update as _update
-from . import eager as _eager
 
 _NS = "mumo_fast_triton"
 
@@ -41,22 +40,34 @@ def available() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _vmap_via_eager(eager_fn, n_out):
-    """A register_vmap rule: run the eager (plain torch) op under torch.vmap."""
+def _select(arg, dim, i):
+    if dim is None:
+        return arg
+    if isinstance(arg, (list, tuple)):
+        return [a if d is None else a.select(d, i) for a, d in zip(arg, dim)]
+    return arg.select(dim, i)
+
+
+def _vmap_loop(op, n_out):
+    """A register_vmap rule: call the op once per vmapped index and stack the results
+    (torch.vmap cannot be re-entered inside a vmap rule)."""
 
     def rule(info, in_dims, *args):
-        out = torch.vmap(eager_fn, in_dims=tuple(in_dims), out_dims=0)(*args)
+        outs = [
+            op(*(_select(a, d, i) for a, d in zip(args, in_dims))) for i in range(info.batch_size)
+        ]
+        cols = [torch.stack([o[k] for o in outs]) for k in range(len(outs[0]))]
         if n_out is None:
-            return list(out), [0] * len(out)
-        return tuple(out), (0,) * n_out
+            return cols, [0] * len(cols)
+        return tuple(cols), (0,) * n_out
 
     return rule
 
 
-def _register(op, fake, eager_fn, n_out):
+def _register(op, fake, n_out):
     op.register_fake(fake)
     if hasattr(torch.library, "register_vmap"):
-        torch.library.register_vmap(op, _vmap_via_eager(eager_fn, n_out))
+        torch.library.register_vmap(op, _vmap_loop(op, n_out))
     return op
 
 
@@ -81,7 +92,7 @@ def _linear_fake(x, weight, bias, gamma, beta, act):
     return x.new_empty((t, n, o)), x.new_empty((t, n, o))
 
 
-_register(linear_fwd, _linear_fake, _eager.linear_fwd, 2)
+_register(linear_fwd, _linear_fake, 2)
 
 
 @torch.library.custom_op(f"{_NS}::linear_lowrank_fwd", mutates_args=())
@@ -104,7 +115,7 @@ def _lowrank_fake(x, weight, u, v, bias, gamma, beta, act):
     return x.new_empty((t, n, o)), x.new_empty((t, n, o))
 
 
-_register(linear_lowrank_fwd, _lowrank_fake, _eager.linear_lowrank_fwd, 2)
+_register(linear_lowrank_fwd, _lowrank_fake, 2)
 
 
 # --- conv -------------------------------------------------------------------------
@@ -132,7 +143,7 @@ def _conv_fake(x, weight, bias, gamma, beta, stride, padding, act):
     return x.new_empty((t, n, o, ho, wo)), x.new_empty((t, n, o, ho, wo))
 
 
-_register(conv_fwd, _conv_fake, _eager.conv_fwd, 2)
+_register(conv_fwd, _conv_fake, 2)
 
 
 # --- FiLM epilogue backward ----------------------------------------------------------
@@ -150,7 +161,7 @@ def _epilogue_bwd_fake(gy, y, z, gamma, act):
     return torch.empty_like(gy), gy.new_empty((t, c)), gy.new_empty((t, c)), gy.new_empty((t, c))
 
 
-_register(epilogue_bwd, _epilogue_bwd_fake, _eager.epilogue_bwd, 4)
+_register(epilogue_bwd, _epilogue_bwd_fake, 4)
 
 
 # --- batch norm ---------------------------------------------------------------------
@@ -174,7 +185,7 @@ def _bn_fwd_fake(x, weight, bias, gamma, beta, eps, act):
     return torch.empty_like(x), x.new_empty((t, c)), x.new_empty((t, c))
 
 
-_register(bn_fwd, _bn_fwd_fake, _eager.bn_fwd, 3)
+_register(bn_fwd, _bn_fwd_fake, 3)
 
 
 @torch.library.custom_op(f"{_NS}::bn_bwd", mutates_args=())
@@ -197,7 +208,7 @@ def _bn_bwd_fake(gy, x, y, mean, rstd, weight, bias, gamma, act):
     return (torch.empty_like(x), *(x.new_empty((t, c)) for _ in range(4)))
 
 
-_register(bn_bwd, _bn_bwd_fake, _eager.bn_bwd, 5)
+_register(bn_bwd, _bn_bwd_fake, 5)
 
 
 # --- inner-loop update ----------------------------------------------------------------
@@ -226,7 +237,7 @@ def _update_fake(params, grads, lr, clamp):
     return [torch.empty_like(p) for p in params]
 
 
-_register(clamped_sgd_raw, _update_fake, _eager_update, None)
+_register(clamped_sgd_raw, _update_fake, None)
 
 
 class ClampedSGDFunction(torch.autograd.Function):

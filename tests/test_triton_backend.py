@@ -1,0 +1,329 @@
+"""Kernel contracts of the ``triton`` backend: raw-op parity with ``eager`` (the plain-torch
+contract) at odd and block-boundary sizes, fp32 and fp64, every activation, optional
+arguments absent and present, shared and per-task weights; the custom ops' fake/vmap
+registrations; public-op gradients and a MAML meta-gradient on each available device
+(CPU under TRITON_INTERPRET=1, CUDA for real)."""
+
+import itertools
+import os
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from mumo_fast import ops
+from mumo_fast.ops.backends import eager
+
+ACTS = ("none", "relu", "tanh", "sigmoid")
+F32, F64 = torch.float32, torch.float64
+
+_INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_CUDA = torch.cuda.is_available()
+try:
+    from mumo_fast.ops.backends import triton as tb
+except ImportError:  # triton missing
+    tb = None
+
+pytestmark = pytest.mark.skipif(
+    tb is None or not tb.available(), reason="triton backend unavailable here"
+)
+DEVICES = [
+    pytest.param(
+        "cpu", marks=pytest.mark.skipif(not _INTERP, reason="CPU needs TRITON_INTERPRET=1")
+    ),
+    pytest.param("cuda", marks=pytest.mark.skipif(not _CUDA, reason="no CUDA")),
+]
+
+
+def tol(dtype):
+    return {"rtol": 1e-4, "atol": 2e-5} if dtype == F32 else {"rtol": 1e-10, "atol": 1e-11}
+
+
+def rnd(*shape, dtype=F32, device="cpu", scale=1.0, shift=0.0):
+    return torch.randn(*shape, dtype=dtype, device=device) * scale + shift
+
+
+def close(got, want, dtype, msg=""):
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape, f"{msg} output {i}: {g.shape} vs {w.shape}"
+        assert g.is_contiguous(), f"{msg} output {i} not contiguous"
+        torch.testing.assert_close(g, w, **tol(dtype), msg=f"{msg} output {i}")
+
+
+def flag_cases():
+    return list(itertools.product((True, False), repeat=3))
+
+
+# ---------------------------------------------------------------------------- linear
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (F32, F64))
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shared", (False, True))
+def test_linear_fwd_parity(device, dtype, act, shared):
+    # (3,5,7,6): odd sizes inside one block; (2,17,33,65): crosses the row, reduction and
+    # output-feature blocks of both the interpreter (16) and GPU (16/32/64) tilings.
+    for k, (t, n, i, o) in enumerate(((3, 5, 7, 6), (2, 17, 33, 65))):
+        for flags in flag_cases()[k::2]:
+            x = rnd(t, n, i, dtype=dtype, device=device)
+            w = rnd(*((o, i) if shared else (t, o, i)), dtype=dtype, device=device)
+            b, g, be = (rnd(t, o, dtype=dtype, device=device) if f else None for f in flags)
+            got = tb.linear_fwd(x, w, b, g, be, act)
+            close(got, eager.linear_fwd(x, w, b, g, be, act), dtype, f"{flags} {(t, n, i, o)}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (F32, F64))
+@pytest.mark.parametrize("rank", (1, 5, 17))
+def test_linear_lowrank_fwd_parity(device, dtype, rank):
+    for act, (t, n, i, o), flags in (
+        ("tanh", (3, 5, 7, 6), (True, True, True)),
+        ("relu", (2, 17, 33, 20), (False, True, False)),
+        ("sigmoid", (1, 4, 3, 66), (True, False, True)),
+        ("none", (2, 3, 5, 4), (False, False, False)),
+    ):
+        x = rnd(t, n, i, dtype=dtype, device=device)
+        w = rnd(o, i, dtype=dtype, device=device)
+        u = rnd(t, rank, i, dtype=dtype, device=device)
+        v = rnd(t, rank, o, dtype=dtype, device=device)
+        b, g, be = (rnd(t, o, dtype=dtype, device=device) if f else None for f in flags)
+        got = tb.linear_lowrank_fwd(x, w, u, v, b, g, be, act)
+        close(got, eager.linear_lowrank_fwd(x, w, u, v, b, g, be, act), dtype, act)
+
+
+# ------------------------------------------------------------------ epilogue and conv
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (F32, F64))
+@pytest.mark.parametrize("act", ACTS)
+def test_epilogue_bwd_parity(device, dtype, act):
+    # S == 1 (linear layout, channel-vectorised) and S > 1 (image layout), channel counts
+    # crossing the channel block, N not a multiple of the row block.
+    for t, n, c, s in ((3, 5, 6, 1), (2, 3, 70, 1), (2, 5, 3, 7), (1, 2, 2, 300)):
+        for has_gamma in (True, False):
+            gy = rnd(t, n, c, s, dtype=dtype, device=device)
+            z = rnd(t, n, c, s, dtype=dtype, device=device)
+            gamma = rnd(t, c, dtype=dtype, device=device) if has_gamma else None
+            y = eager.linear_fwd  # placeholder to keep names short
+            y = ops.reference.film_epilogue(
+                z, gamma, rnd(t, c, dtype=dtype, device=device), act
+            ).contiguous()
+            got = tb.epilogue_bwd(gy, y, z, gamma, act)
+            close(got, eager.epilogue_bwd(gy, y, z, gamma, act), dtype, f"{(t, n, c, s)}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (F32, F64))
+@pytest.mark.parametrize("shared", (False, True))
+def test_conv_fwd_parity(device, dtype, shared):
+    cases = (
+        ("relu", (2, 1, 1, 9, 7), 3, 3, [2, 2], [1, 1], (True, True, True)),
+        ("tanh", (3, 2, 3, 6, 5), 4, 3, [1, 1], [1, 0], (False, True, True)),
+        ("sigmoid", (2, 3, 2, 4, 4), 5, 1, [1, 1], [0, 0], (True, False, False)),
+        ("none", (1, 2, 2, 5, 5), 2, 2, [2, 1], [0, 1], (False, False, False)),
+    )
+    for act, (t, n, c, h, w_), o, k, stride, padding, flags in cases:
+        x = rnd(t, n, c, h, w_, dtype=dtype, device=device)
+        w = rnd(*((o, c, k, k) if shared else (t, o, c, k, k)), dtype=dtype, device=device)
+        b, g, be = (rnd(t, o, dtype=dtype, device=device) if f else None for f in flags)
+        got = tb.conv_fwd(x, w, b, g, be, stride, padding, act)
+        want = eager.conv_fwd(x, w, b, g, be, stride, padding, act)
+        close(got, want, dtype, act)
+
+
+# ------------------------------------------------------------------------- batch norm
+
+
+BN_SHAPES = ((3, 5, 6, 1), (2, 4, 70, 1), (2, 3, 4, 49), (1, 3, 2, 200))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (F32, F64))
+@pytest.mark.parametrize("act", ACTS)
+def test_bn_fwd_bwd_parity(device, dtype, act):
+    for k, (t, n, c, s) in enumerate(BN_SHAPES):
+        # data far from zero checks the shifted one-pass statistics
+        x = rnd(t, n, c, s, dtype=dtype, device=device, scale=2.0, shift=50.0 * (k % 2))
+        flags = (
+            (True, True, True, True),
+            (False, False, False, False),
+            (True, False, True, False),
+            (False, True, False, True),
+        )[k]
+        w, b, g, be = (rnd(t, c, dtype=dtype, device=device) if f else None for f in flags)
+        got = tb.bn_fwd(x, w, b, g, be, 1e-5, act)
+        want = eager.bn_fwd(x, w, b, g, be, 1e-5, act)
+        close(got, want, dtype, f"fwd {(t, n, c, s)}")
+        y, mean, rstd = want
+        gy = rnd(t, n, c, s, dtype=dtype, device=device)
+        got = tb.bn_bwd(gy, x, y, mean, rstd, w, b, g, act)
+        close(got, eager.bn_bwd(gy, x, y, mean, rstd, w, b, g, act), dtype, f"bwd {(t, n, c, s)}")
+
+
+# ----------------------------------------------------------------------------- update
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (F32, F64))
+@pytest.mark.parametrize("clamp", (None, 0.7))
+def test_clamped_sgd_raw_parity(device, dtype, clamp):
+    # 11 tensors: two launches (8 slots each); sizes cross the 256/2048-element blocks
+    shapes = [(3, 4), (5,), (300,), (2, 3, 5), (1,), (4100,), (7, 7), (2,), (9, 31), (3,), (1, 1)]
+    ps = [rnd(*s, dtype=dtype, device=device) for s in shapes]
+    gs = [rnd(*s, dtype=dtype, device=device) for s in shapes]
+    lr = torch.rand(len(shapes), dtype=dtype, device=device)
+    got = tb.clamped_sgd_raw(ps, gs, lr, clamp)
+    close(got, tb._eager_update(ps, gs, lr, clamp), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_clamped_sgd_public_grads(device):
+    """gradcheck + gradgradcheck of ops.clamped_sgd (float and tensor learning rates)."""
+    p = [rnd(3, 4, dtype=F64, device=device).requires_grad_() for _ in range(2)]
+    g = [rnd(3, 4, dtype=F64, device=device).requires_grad_() for _ in range(2)]
+    lr = torch.tensor(0.3, dtype=F64, device=device, requires_grad=True)
+
+    def f(p0, p1, g0, g1, a):
+        return ops.clamped_sgd([p0, p1], [g0, g1], [a, 0.2], 0.8, backend="triton")
+
+    inputs = (*p, *g, lr)
+    assert gradcheck(f, inputs)
+    assert gradgradcheck(f, inputs)
+    want = ops.clamped_sgd([p[0], p[1]], [g[0], g[1]], [lr, 0.2], 0.8, backend="reference")
+    close(f(*inputs), want, F64)
+
+
+# --------------------------------------------------------------- custom-op registration
+
+
+def test_fake_and_vmap_registrations():
+    """Fake kernels give the real shapes; vmap over a batch of calls matches a loop."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    dev = "cuda" if _CUDA else "cpu"
+    x, w = rnd(2, 3, 5, device=dev), rnd(2, 4, 5, device=dev)
+    with FakeTensorMode() as mode:
+        fx, fw = mode.from_tensor(x), mode.from_tensor(w)
+        y, z = tb.linear_fwd(fx, fw, None, None, None, "relu")
+        assert y.shape == (2, 3, 4) and z.shape == (2, 3, 4)
+        fc = mode.from_tensor(rnd(2, 1, 3, 9, 7, device=dev))
+        fwc = mode.from_tensor(rnd(4, 3, 3, 3, device=dev))
+        y, _ = tb.conv_fwd(fc, fwc, None, None, None, [2, 2], [1, 1], "none")
+        assert y.shape == (2, 1, 4, 5, 4)
+    xb, wb = rnd(3, 2, 3, 5, device=dev), rnd(3, 2, 4, 5, device=dev)
+    got = torch.func.vmap(lambda a, b: ops.film_linear(a, b, activation="tanh", backend="triton"))(
+        xb, wb
+    )
+    want = torch.stack([ops.film_linear(xb[i], wb[i], activation="tanh") for i in range(3)])
+    torch.testing.assert_close(got, want, **tol(F32))
+
+
+# ----------------------------------------------------- public ops: gradients, TF32, MAML
+
+
+def _public_cases(device):
+    d = {"dtype": F64, "device": device}
+
+    def r(*s, **kw):
+        return rnd(*s, **d, **kw).requires_grad_()
+
+    return [
+        (
+            "linear",
+            lambda *a: ops.film_linear(*a, activation="tanh", backend="triton"),
+            (r(2, 3, 4), r(2, 3, 4), r(2, 3), r(2, 3, shift=1.0), r(2, 3)),
+        ),
+        (
+            "linear-shared",
+            lambda *a: ops.film_linear(*a, activation="sigmoid", backend="triton"),
+            (r(2, 3, 4), r(3, 4), r(3)),
+        ),
+        (
+            "lowrank",
+            lambda *a: ops.film_linear_lowrank(*a, activation="tanh", backend="triton"),
+            (r(2, 3, 4), r(3, 4), r(2, 2, 4), r(2, 2, 3), r(2, 3), r(2, 3, shift=1.0), r(2, 3)),
+        ),
+        (
+            "conv",
+            lambda x, w, b, g, be: ops.film_conv2d(
+                x, w, b, g, be, stride=2, padding=1, activation="tanh", backend="triton"
+            ),
+            (r(2, 1, 2, 4, 4), r(2, 2, 2, 3, 3), r(2, 2), r(2, 2, shift=1.0), r(2, 2)),
+        ),
+        (
+            "bn",
+            lambda *a: ops.film_batch_norm(*a, activation="sigmoid", backend="triton"),
+            (r(2, 3, 2, 2, 2, scale=2.0, shift=1.0), r(2), r(2), r(2, 2, shift=1.0), r(2, 2)),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_public_ops_gradcheck_gradgradcheck(device):
+    for name, fn, inputs in _public_cases(device):
+        assert gradcheck(fn, inputs, fast_mode=True), name
+        assert gradgradcheck(fn, inputs, fast_mode=True), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tf32_opt_in(device):
+    """MUMO_FAST_TF32 / _common.TF32 switches tl.dot to tf32: close to, not exactly, fp32."""
+    from mumo_fast.kernels import _common
+
+    x, w = rnd(2, 20, 64, device=device), rnd(2, 48, 64, device=device)
+    want = eager.linear_fwd(x, w, None, None, None, "none")
+    old = _common.TF32
+    try:
+        _common.TF32 = True
+        got = tb.linear_fwd(x, w, None, None, None, "none")
+    finally:
+        _common.TF32 = old
+    close(got, want, F32) if not _CUDA else [
+        torch.testing.assert_close(g, ww, rtol=2e-2, atol=2e-2) for g, ww in zip(got, want)
+    ]
+
+
+def _maml(backend, params, data, steps=3, lr=0.1):
+    """Adapt every W, b, gamma, beta for `steps` inner steps (create_graph=True), the update
+    through ops.clamped_sgd; return the meta-gradients of the query loss."""
+    xs, ys, xq, yq = data
+
+    def net(x, p):
+        w1, b1, g1, be1, w2, b2, g2, be2 = p
+        h = ops.film_linear(x, w1, b1, g1, be1, "relu", backend=backend)
+        return ops.film_linear(h, w2, b2, g2, be2, "none", backend=backend)
+
+    fast = list(params)
+    for _ in range(steps):
+        loss = ((net(xs, fast) - ys) ** 2).mean()
+        grads = torch.autograd.grad(loss, fast, create_graph=True)
+        fast = ops.clamped_sgd(fast, grads, lr, 5.0, backend=backend)
+    qloss = ((net(xq, fast) - yq) ** 2).mean()
+    return torch.autograd.grad(qloss, params)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (F32, F64))
+def test_maml_meta_gradients_match_reference(device, dtype):
+    t, i, h, o = 3, 3, 17, 2
+    kw = {"dtype": dtype, "device": device}
+    params = [
+        rnd(t, h, i, **kw, scale=0.5),
+        rnd(t, h, **kw),
+        rnd(t, h, **kw, scale=0.3, shift=1.0),
+        rnd(t, h, **kw),
+        rnd(t, o, h, **kw, scale=0.3),
+        rnd(t, o, **kw),
+        rnd(t, o, **kw, scale=0.3, shift=1.0),
+        rnd(t, o, **kw),
+    ]
+    params = [p.requires_grad_() for p in params]
+    data = (rnd(t, 5, i, **kw), rnd(t, 5, o, **kw), rnd(t, 10, i, **kw), rnd(t, 10, o, **kw))
+    want = _maml("reference", params, data)
+    got = _maml("triton", params, data)
+    t_ = {"rtol": 1e-4, "atol": 1e-5} if dtype == F32 else {"rtol": 1e-9, "atol": 1e-11}
+    for gw, gg in zip(want, got):
+        torch.testing.assert_close(gg, gw, **t_)
