@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
         p.add_argument("--init-from", metavar="CKPT", help="start from this checkpoint's weights")
         p.add_argument("--seed", type=int, help="seed of weights and data (default 0)")
+        p.add_argument(
+            "--checkpoint-every", type=int, metavar="N", help="iterations between checkpoints"
+        )
+        p.add_argument(
+            "--time-limit", type=float, metavar="SECONDS",
+            help="stop after this long (then save, evaluate, plot as if done)",
+        )  # fmt: skip
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--no-tensorboard", action="store_true", help="JSON-lines log only")
         p.add_argument("--skip-eval", action="store_true", help="no test evaluation or figures")

@@ -38,6 +38,7 @@ class TrainSettings:
     log_every: int = 10
     validate_every: int = 0  # 0: never during training
     seed: int = 0
+    time_limit: float | None = None  # seconds of this invocation; then finish as if done
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TrainResult:
     iteration: int
     completed: bool
     signal: int | None = None  # the signal that stopped the run early
+    time_limited: bool = False  # finished by `time_limit` before `iterations`
 
 
 class Trainer:
@@ -105,7 +107,12 @@ class Trainer:
     def save_model(self) -> None:
         state = {k: v.detach().cpu() for k, v in self.learner.state_dict().items()}
         atomic_save(
-            {"config": self.learner.config, "state_dict": state, "extra": self.extra},
+            {
+                "config": self.learner.config,
+                "state_dict": state,
+                "iteration": self.iteration,
+                "extra": self.extra,
+            },
             self.run_dir / MODEL_NAME,
         )
 
@@ -178,8 +185,9 @@ class Trainer:
             dynamic_ncols=True, desc=self.run_dir.name,
         )  # fmt: skip
         try:
-            tic = time.perf_counter()
-            while self.iteration < s.iterations and self._stop is None:
+            start = tic = time.perf_counter()
+            out_of_time = False
+            while self.iteration < s.iterations and self._stop is None and not out_of_time:
                 stats = self.step()
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
@@ -194,6 +202,9 @@ class Trainer:
                     )
                 if it % s.checkpoint_every == 0:
                     self.save_checkpoint()
+                out_of_time = (
+                    s.time_limit is not None and time.perf_counter() - start >= s.time_limit
+                )
             if self._stop is not None:
                 self.save_checkpoint()
                 tqdm.write(
@@ -202,7 +213,7 @@ class Trainer:
                 return TrainResult(self.iteration, False, self._stop)
             self.save_checkpoint()
             self.save_model()
-            return TrainResult(self.iteration, True)
+            return TrainResult(self.iteration, True, time_limited=self.iteration < s.iterations)
         finally:
             bar.close()
             logger.close()

@@ -23,8 +23,8 @@ PAPER = {
     "lr": 1e-3,
     "grad_clip": 2.0,
     "first_order": False,
-    "checkpoint_every": 1000,
-    "validate_every": 2000,
+    "checkpoint_every": 500,
+    "validate_every": 1000,
 }
 # Finishes in a few minutes on a 2-core CPU and already shows modulation at work:
 # the paper's settings, fewer iterations and a smaller meta-batch.
@@ -45,11 +45,20 @@ EVAL_MAX_STEPS = 10
 def learner_config(
     method: str, modulation: str, num_modes: int, preset: dict[str, Any]
 ) -> dict[str, Any]:
-    """MetaLearner config: MLP 1-100-100-100-1, ReLU; bi-GRU (hidden 40) encoder; FiLM heads."""
-    cfg: dict[str, Any] = {
-        "base": {"type": "mlp", "sizes": [1, 100, 100, 100, 1]},
+    """MetaLearner config (mumo_fast.meta.config keys): MLP 1-100-100-100-1, ReLU, FiLM on
+    the hidden layers; MuMoMAML adds a bidirectional GRU encoder (hidden 40) and one
+    hidden-layer modulation MLP per modulated layer."""
+    return {
+        "base": "mlp",
+        "in_features": 1,
+        "out_features": 1,
+        "hidden_sizes": [100, 100, 100],
         "method": method,
+        "modulation": modulation,
         "num_modes": num_modes if method == "multi-maml" else 1,
+        "encoder": "gru",
+        "encoder_hidden": 40,
+        "encoder_layers": 1,
         "inner_steps": preset["inner_steps"],
         "eval_steps": preset["inner_steps"],
         "inner_lr": preset["inner_lr"],
@@ -58,10 +67,6 @@ def learner_config(
         "first_order": preset["first_order"],
         "loss": "mse",
     }
-    if method == "mumomaml":
-        cfg["modulation"] = modulation
-        cfg["encoder"] = {"type": "gru", "hidden": 40, "bidirectional": True}
-    return cfg
 
 
 def run_config(
@@ -73,6 +78,7 @@ def run_config(
     iterations: int | None = None,
     seed: int = 0,
     tasks_per_mode: int | None = None,
+    test_tasks_per_mode: int | None = None,
 ) -> dict[str, Any]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -86,7 +92,8 @@ def run_config(
         preset["iterations"] = iterations
     if tasks_per_mode is not None:
         preset["tasks_per_mode"] = tasks_per_mode
-    if preset["iterations"] < 1 or preset["tasks_per_mode"] < 1:
+    test_tasks = TEST_TASKS_PER_MODE if test_tasks_per_mode is None else test_tasks_per_mode
+    if preset["iterations"] < 1 or preset["tasks_per_mode"] < 1 or test_tasks < 1:
         raise ValueError("iterations and tasks per mode must be positive")
     return {
         "domain": "regression",
@@ -100,7 +107,7 @@ def run_config(
             "tasks_per_mode": preset["tasks_per_mode"],
             "k_support": K_SUPPORT,
             "l_query": L_QUERY,
-            "test_tasks_per_mode": TEST_TASKS_PER_MODE,
+            "test_tasks_per_mode": test_tasks,
         },
         "train": {
             "iterations": preset["iterations"],

@@ -14,14 +14,16 @@ from ...train import (
     CHECKPOINT_NAME,
     Trainer,
     TrainSettings,
+    load_file,
     load_learner,
+    resolve_model_path,
     seed_everything,
 )
 from .. import UsageError
 from . import figures
 from .data import make_sampler, to_task_batch
 from .metrics import evaluate_learner
-from .presets import METHODS, MODULATIONS, PRESETS, run_config, run_label
+from .presets import METHODS, MODULATIONS, PRESETS, TEST_TASKS_PER_MODE, run_config, run_label
 from .tasks import RegressionTasks, fixed_test_set, sample_tasks
 
 RUN_FILE = "run.json"
@@ -37,6 +39,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=tuple(PRESETS), help="default: default (a few minutes)")
     p.add_argument("--iterations", type=int, help="meta-iterations (overrides the preset)")
     p.add_argument("--tasks-per-mode", type=int, help="tasks of each mode per meta-batch")
+    p.add_argument(
+        "--test-tasks-per-mode", type=int,
+        help=f"size of the fixed test set, per mode (default {TEST_TASKS_PER_MODE})",
+    )  # fmt: skip
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -71,7 +77,16 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 )
         if args.iterations is not None:
             run["train"]["iterations"] = args.iterations
-        return run
+    else:
+        run = _new_run_config(args)
+    if args.checkpoint_every is not None:
+        if args.checkpoint_every < 1:
+            raise UsageError("--checkpoint-every must be positive")
+        run["train"]["checkpoint_every"] = args.checkpoint_every
+    return run
+
+
+def _new_run_config(args: argparse.Namespace) -> dict[str, Any]:
     method = args.method or "mumomaml"
     if args.modulation is not None and method != "mumomaml":
         raise UsageError(f"--modulation applies to --method mumomaml only (got {method})")
@@ -79,7 +94,7 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         return run_config(
             method, args.modulation or "film", args.modes or 2, args.preset or "default",
             iterations=args.iterations, seed=0 if args.seed is None else args.seed,
-            tasks_per_mode=args.tasks_per_mode,
+            tasks_per_mode=args.tasks_per_mode, test_tasks_per_mode=args.test_tasks_per_mode,
         )  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -115,6 +130,8 @@ def train(args: argparse.Namespace) -> int:
         raise UsageError(f"--init-from: no such file or folder: {args.init_from}")
     if args.iterations is not None and args.iterations < 1:
         raise UsageError("--iterations must be positive")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise UsageError("--time-limit must be positive")
     device = _device(args.device)
     run = _run_config(args, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +144,7 @@ def train(args: argparse.Namespace) -> int:
         learner,
         make_sampler(run["num_modes"], data["tasks_per_mode"], data["k_support"], data["l_query"]),
         out,
-        TrainSettings(**run["train"]),
+        TrainSettings(**run["train"], time_limit=args.time_limit),
         device=device,
         validate=_validation(run, device),
         extra={"domain": "regression", "run": run},
@@ -137,13 +154,13 @@ def train(args: argparse.Namespace) -> int:
     if args.resume:
         trainer.resume()
     elif args.init_from:
-        from ...train import resolve_model_path
-
         trainer.init_from(resolve_model_path(args.init_from))
     result = trainer.fit()
     if not result.completed:
         print(f"stopped at iteration {result.iteration}; continue with --resume")
         return 130
+    if result.time_limited:
+        print(f"time limit reached at iteration {result.iteration}; --resume continues")
     if not args.skip_eval:
         metrics = evaluate_run(out, device=device, learner=trainer.learner)
         print_table([(out, run, metrics)])
@@ -174,7 +191,10 @@ def evaluate_run(run_dir: str | Path, device: torch.device | str = "cpu", learne
         run["eval"]["max_steps"],
     )
     metrics["run"] = {k: run[k] for k in ("method", "modulation", "num_modes", "preset", "seed")}
+    model_file = resolve_model_path(run_dir)
     metrics["run"]["iterations"] = run["train"]["iterations"]
+    metrics["run"]["trained_iterations"] = load_file(model_file).get("iteration")
+    metrics["run"]["model_file"] = model_file.name
     (Path(run_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

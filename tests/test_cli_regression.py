@@ -1,0 +1,153 @@
+"""`mumo-fast` end to end on a tiny budget: train, eval, plot, load + predict, Ctrl-C, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import mumo_fast
+from mumo_fast.cli import main
+from mumo_fast.domains.regression.data import to_task_batch
+from mumo_fast.domains.regression.tasks import fixed_test_set
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--iterations", "4", "--tasks-per-mode", "2", "--test-tasks-per-mode", "30"]
+TINY += ["--quiet", "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    film, maml = base / "film", base / "maml"
+    assert main(["train", "regression", "--out", str(film), "--seed", "3", *TINY]) == 0
+    assert main(["train", "regression", "--method", "maml", "--out", str(maml), *TINY]) == 0
+    return film, maml
+
+
+def test_train_writes_model_metrics_and_figures(runs):
+    film, maml = runs
+    for run, figs in ((film, {"functions.png", "mse_vs_steps.png", "tsne.png"}),
+                      (maml, {"functions.png", "mse_vs_steps.png"})):  # fmt: skip
+        assert {"run.json", "model.pt", "checkpoint.ckpt", "log.jsonl", "metrics.json"} <= set(
+            os.listdir(run)
+        )
+        assert set(os.listdir(run / "figures")) == figs
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["num_tasks"] == 60 and len(m["per_step"]["mean"]) == 11
+        assert m["post_modulation"]["mean"] == m["per_step"]["mean"][0]
+        assert m["post_adaptation"]["mean"] == m["per_step"]["mean"][5]
+        assert 0 < m["post_adaptation"]["ci95"] < m["post_adaptation"]["mean"]
+        assert set(m["per_mode"]) == {"sinusoid", "linear"}
+    run = json.loads((film / "run.json").read_text())
+    assert run["seed"] == 3 and run["method"] == "mumomaml" and run["modulation"] == "film"
+
+
+def test_load_and_predict_match_metrics(runs):
+    film, _ = runs
+    model = mumo_fast.load(film)
+    assert not model.training
+    assert next(model.parameters()).device.type == "cpu"
+    same = mumo_fast.load(film / "model.pt")
+    tasks = fixed_test_set(2, 30)
+    sub = tasks.select(torch.randperm(60)[:20])
+    preds = model.predict(sub.support_x, sub.support_y, sub.query_x, steps=5, modes=sub.modes)
+    assert preds.shape == sub.query_y.shape
+    again = same.predict(sub.support_x, sub.support_y, sub.query_x, steps=5, modes=sub.modes)
+    torch.testing.assert_close(preds, again, rtol=0, atol=0)
+    mse = ((preds - sub.query_y) ** 2).mean((1, 2))
+    per_step = model.evaluate(to_task_batch(sub), 5)["per_step"]
+    torch.testing.assert_close(mse, per_step[5], rtol=1e-4, atol=1e-4)
+    full = model.evaluate(to_task_batch(tasks), 5)["per_step"]
+    m = json.loads((film / "metrics.json").read_text())
+    assert full[0].mean().item() == pytest.approx(m["post_modulation"]["mean"], rel=1e-4)
+    assert full[5].mean().item() == pytest.approx(m["post_adaptation"]["mean"], rel=1e-4)
+
+
+def test_eval_and_plot_several_runs(runs, tmp_path, capsys):
+    film, maml = runs
+    (film / "metrics.json").unlink()
+    assert main(["eval", str(maml), str(film)]) == 0
+    out = capsys.readouterr().out
+    assert "MAML" in out and "MuMoMAML (FiLM)" in out and "post-adapt" in out
+    assert (film / "metrics.json").is_file()
+    assert main(["plot", str(maml), str(film), "--out", str(tmp_path / "cmp")]) == 0
+    assert set(os.listdir(tmp_path / "cmp")) == {"mse_vs_steps.png", "functions_2modes.png"}
+
+
+def test_resume_extends_and_init_from(runs, tmp_path):
+    film, _ = runs
+    assert main(["train", "regression", "--out", str(film), "--resume", "--iterations", "6",
+                 "--quiet", "--no-tensorboard", "--skip-eval"]) == 0  # fmt: skip
+    assert json.loads((film / "run.json").read_text())["train"]["iterations"] == 6
+    assert [r["iteration"] for r in map(json.loads, open(film / "log.jsonl"))][-1] == 6
+    new = tmp_path / "warm"
+    args = ["train", "regression", "--out", str(new), "--init-from", str(film), "--skip-eval"]
+    assert main([*args, *TINY]) == 0
+    assert (new / "model.pt").is_file()
+
+
+def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "mumo_fast.cli", "train", "regression", "--out", str(run),
+           "--iterations", "100000", "--tasks-per-mode", "2", "--quiet", "--no-tensorboard",
+           "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while not (run / "log.jsonl").is_file() or not (run / "log.jsonl").read_text().strip():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "--resume" in out
+    ckpt = torch.load(run / "checkpoint.ckpt", weights_only=False)
+    assert ckpt["iteration"] >= 10
+    assert not (run / "model.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "regression", "--method", "maml", "--modulation", "film"], "--modulation"),
+        (["train", "regression", "--resume"], "holds no checkpoint.ckpt"),
+        (["train", "regression", "--iterations", "0"], "--iterations must be positive"),
+        (["train", "regression", "--init-from", "/nonexistent/ckpt"], "--init-from"),
+        (
+            ["train", "regression", "--device", "cuda:0"]
+            if not torch.cuda.is_available()
+            else ["train", "regression", "--device", "nonsense"],
+            "--device",
+        ),  # fmt: skip
+        (["train", "regression", "--threads", "0"], "--threads"),
+    ],
+)
+def test_bad_train_arguments(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_run_folders_and_choices(runs, tmp_path, capsys):
+    film, _ = runs
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert main(["train", "regression", "--out", str(film), *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "regression", "--out", str(film), "--resume", "--method", "maml"]) == 2
+    assert "started with method='mumomaml'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "regression", "--modes", "4", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        mumo_fast.load(tmp_path)

@@ -1,0 +1,179 @@
+"""The generic trainer: exact resume, atomic checkpoints, init-from, per-network clipping."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from mumo_fast.domains.regression.data import make_sampler
+from mumo_fast.domains.regression.presets import run_config
+from mumo_fast.meta import MetaLearner
+from mumo_fast.train import (
+    CHECKPOINT_NAME,
+    MODEL_NAME,
+    Trainer,
+    TrainSettings,
+    atomic_save,
+    load_file,
+    mean_ci95,
+    read_log,
+    seed_everything,
+)
+from mumo_fast.train import checkpoint as checkpoint_module
+
+
+def make_trainer(run_dir, iterations, seed=0, hook=None, checkpoint_every=1000, method="mumomaml"):
+    seed_everything(seed)
+    learner = MetaLearner.from_config(run_config(method, "film", 2)["learner"])
+    sampler = make_sampler(2, 3)
+    calls = [0]
+
+    def sample(gen):
+        calls[0] += 1
+        if hook is not None:
+            hook(calls[0])
+        return sampler(gen)
+
+    settings = TrainSettings(iterations, log_every=1, checkpoint_every=checkpoint_every, seed=seed)
+    return Trainer(learner, sample, run_dir, settings, progress=False, tensorboard=False)
+
+
+def losses(run_dir):
+    return [
+        (r["iteration"], r["loss"], r["post_mod_loss"]) for r in read_log(run_dir / "log.jsonl")
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 10-iteration run."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    trainer = make_trainer(run_dir, 10)
+    assert trainer.fit().completed
+    return run_dir, losses(run_dir), trainer.learner.state_dict()
+
+
+def _assert_same_run(run_dir, trainer, reference):
+    _, ref_losses, ref_state = reference
+    assert losses(run_dir) == ref_losses  # bit-identical floats
+    state = trainer.learner.state_dict()
+    assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+
+
+def test_signal_saves_and_resume_continues_exactly(tmp_path, reference):
+    def interrupt(call):
+        if call == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = make_trainer(tmp_path, 10, hook=interrupt)
+    before = signal.getsignal(signal.SIGINT)
+    result = first.fit()
+    assert not result.completed and result.iteration == 4 and result.signal == signal.SIGINT
+    assert (tmp_path / CHECKPOINT_NAME).is_file() and not (tmp_path / MODEL_NAME).exists()
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
+
+    second = make_trainer(tmp_path, 10, seed=123)  # other init: resume must overwrite it
+    second.resume()
+    assert second.iteration == 4
+    assert second.fit().completed
+    _assert_same_run(tmp_path, second, reference)
+    assert (tmp_path / MODEL_NAME).is_file()
+
+
+def test_resume_after_crash_drops_log_past_checkpoint(tmp_path, reference):
+    def crash(call):
+        if call == 7:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        make_trainer(tmp_path, 10, hook=crash, checkpoint_every=3).fit()
+    assert [r[0] for r in losses(tmp_path)] == list(range(1, 7))
+    assert load_file(tmp_path / CHECKPOINT_NAME)["iteration"] == 6
+    second = make_trainer(tmp_path, 10, seed=5, checkpoint_every=3)
+    second.resume()
+    second.fit()
+    _assert_same_run(tmp_path, second, reference)
+
+
+def test_resume_refuses_other_config(tmp_path, reference):
+    run_dir, _, _ = reference
+    other = make_trainer(tmp_path, 10, method="maml")
+    other.run_dir = run_dir
+    with pytest.raises(ValueError, match="config"):
+        other.resume()
+
+
+def test_init_from_loads_weights_and_rejects_other_models(tmp_path, reference):
+    run_dir, _, ref_state = reference
+    trainer = make_trainer(tmp_path, 10, seed=77)
+    trainer.init_from(run_dir / MODEL_NAME)
+    state = trainer.learner.state_dict()
+    assert trainer.iteration == 0
+    assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+    maml = make_trainer(tmp_path / "maml", 10, method="maml")
+    with pytest.raises(ValueError, match="different model"):
+        maml.init_from(run_dir / MODEL_NAME)
+
+
+def test_model_file_is_small_and_holds_no_optimizer(reference):
+    run_dir, _, _ = reference
+    obj = load_file(run_dir / MODEL_NAME)
+    assert set(obj) == {"config", "state_dict", "iteration", "extra"}
+    assert obj["iteration"] == 10
+    json.dumps(obj["config"])
+    assert os.path.getsize(run_dir / MODEL_NAME) < 2_000_000
+
+
+def test_time_limit_finishes_early_with_a_model(tmp_path):
+    trainer = make_trainer(tmp_path, 1000)
+    trainer.settings.time_limit = 1e-6
+    result = trainer.fit()
+    assert result.completed and result.time_limited and result.iteration == 1
+    assert load_file(tmp_path / MODEL_NAME)["iteration"] == 1
+
+
+def test_grad_norm_clipped_per_network(tmp_path):
+    trainer = make_trainer(tmp_path, 1)
+    trainer.settings.grad_clip = 1e-3
+    trainer.step()
+    groups = trainer.learner.parameter_groups()
+    assert len([g for g in groups.values() if g]) >= 2
+    for name, params in groups.items():
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+            assert norm <= 1e-3 * (1 + 1e-4), name
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "state.ckpt"
+    atomic_save({"config": {}, "state_dict": {"w": torch.ones(3)}}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"config": {}, "state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_file(path)["state_dict"]["w"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["state.ckpt"]
+
+
+def test_load_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such"):
+        load_file(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a mumo_fast"):
+        load_file(tmp_path / "junk.pt")
+
+
+def test_mean_ci95():
+    values = torch.randn(400, dtype=torch.float64) * 2 + 3
+    mean, ci = mean_ci95(values)
+    assert mean == pytest.approx(values.mean().item(), abs=1e-12)
+    assert ci == pytest.approx(1.96 * values.std().item() / 20, rel=1e-9)
+    assert mean_ci95(torch.tensor([4.0])) == (4.0, 0.0)
