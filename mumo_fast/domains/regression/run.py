@@ -206,7 +206,8 @@ def print_table(rows: Sequence[tuple[Path, dict, dict]]) -> None:
         pm, pa = m["post_modulation"], m["post_adaptation"]
         print(
             fmt.format(
-                Path(path).name[:28], run_label(run), run["num_modes"], run["train"]["iterations"],
+                Path(path).name[:28], run_label(run), run["num_modes"],
+                m["run"].get("trained_iterations") or run["train"]["iterations"],
                 f"{pm['mean']:.4f} ± {pm['ci95']:.4f}",
                 f"{pa['mean']:.4f} ± {pa['ci95']:.4f} ({m['adapt_steps']})",
             )
