@@ -149,8 +149,10 @@ def reduce_blocks(n: int, c: int, s: int) -> tuple[int, int, int, int]:
         bs = 1
         bc = _common.clamp_pow2(c, 1, 64 if _common.INTERPRET else 128)
     else:
+        # small images: several channels per program so that each row of the tile spans
+        # >= 64 contiguous elements (channels c..c+BC-1 of one sample are adjacent)
         bs = _common.clamp_pow2(s, 1, 1024)
-        bc = 1
+        bc = max(1, min(_common.next_pow2(c), 64 // bs))
     bn = max(1, min(_common.next_pow2(n), budget // (bc * bs)))
     warps = 4 if bn * bc * bs <= 2048 else 8
     return bn, bc, bs, warps

@@ -122,7 +122,7 @@ def gemm_blocks(rows: int, cols: int, red: int, dot: bool) -> tuple[int, int, in
     if not dot:
         return _common.clamp_pow2(rows, 8, 16), _common.clamp_pow2(cols, 16, 32), 8, 4
     bm = 16 if rows <= 16 else (32 if rows <= 32 else 64)
-    bn = 64 if cols <= 64 else 128
+    bn = 64 if cols <= 128 else 128
     bk = 32
     warps = 4 if bm * bn <= 4096 else 8
     return bm, bn, bk, warps

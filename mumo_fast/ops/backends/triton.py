@@ -75,7 +75,7 @@ def _register(op, fake, n_out):
 
 
 @torch.library.custom_op(f"{_NS}::linear_fwd", mutates_args=())
-def linear_fwd(
+def _linear_fwd_op(
     x: Tensor,
     weight: Tensor,
     bias: Optional[Tensor],
@@ -92,11 +92,11 @@ def _linear_fake(x, weight, bias, gamma, beta, act):
     return x.new_empty((t, n, o)), x.new_empty((t, n, o))
 
 
-_register(linear_fwd, _linear_fake, 2)
+_register(_linear_fwd_op, _linear_fake, 2)
 
 
 @torch.library.custom_op(f"{_NS}::linear_lowrank_fwd", mutates_args=())
-def linear_lowrank_fwd(
+def _linear_lowrank_fwd_op(
     x: Tensor,
     weight: Tensor,
     u: Tensor,
@@ -115,14 +115,14 @@ def _lowrank_fake(x, weight, u, v, bias, gamma, beta, act):
     return x.new_empty((t, n, o)), x.new_empty((t, n, o))
 
 
-_register(linear_lowrank_fwd, _lowrank_fake, 2)
+_register(_linear_lowrank_fwd_op, _lowrank_fake, 2)
 
 
 # --- conv -------------------------------------------------------------------------
 
 
 @torch.library.custom_op(f"{_NS}::conv_fwd", mutates_args=())
-def conv_fwd(
+def _conv_fwd_op(
     x: Tensor,
     weight: Tensor,
     bias: Optional[Tensor],
@@ -143,14 +143,14 @@ def _conv_fake(x, weight, bias, gamma, beta, stride, padding, act):
     return x.new_empty((t, n, o, ho, wo)), x.new_empty((t, n, o, ho, wo))
 
 
-_register(conv_fwd, _conv_fake, 2)
+_register(_conv_fwd_op, _conv_fake, 2)
 
 
 # --- FiLM epilogue backward ----------------------------------------------------------
 
 
 @torch.library.custom_op(f"{_NS}::epilogue_bwd", mutates_args=())
-def epilogue_bwd(
+def _epilogue_bwd_op(
     gy: Tensor, y: Tensor, z: Tensor, gamma: Optional[Tensor], act: str
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return _epilogue.film_epilogue_bwd(gy, y, z, gamma, act)
@@ -161,14 +161,14 @@ def _epilogue_bwd_fake(gy, y, z, gamma, act):
     return torch.empty_like(gy), gy.new_empty((t, c)), gy.new_empty((t, c)), gy.new_empty((t, c))
 
 
-_register(epilogue_bwd, _epilogue_bwd_fake, 4)
+_register(_epilogue_bwd_op, _epilogue_bwd_fake, 4)
 
 
 # --- batch norm ---------------------------------------------------------------------
 
 
 @torch.library.custom_op(f"{_NS}::bn_fwd", mutates_args=())
-def bn_fwd(
+def _bn_fwd_op(
     x: Tensor,
     weight: Optional[Tensor],
     bias: Optional[Tensor],
@@ -185,11 +185,11 @@ def _bn_fwd_fake(x, weight, bias, gamma, beta, eps, act):
     return torch.empty_like(x), x.new_empty((t, c)), x.new_empty((t, c))
 
 
-_register(bn_fwd, _bn_fwd_fake, 3)
+_register(_bn_fwd_op, _bn_fwd_fake, 3)
 
 
 @torch.library.custom_op(f"{_NS}::bn_bwd", mutates_args=())
-def bn_bwd(
+def _bn_bwd_op(
     gy: Tensor,
     x: Tensor,
     y: Tensor,
@@ -208,7 +208,7 @@ def _bn_bwd_fake(gy, x, y, mean, rstd, weight, bias, gamma, act):
     return (torch.empty_like(x), *(x.new_empty((t, c)) for _ in range(4)))
 
 
-_register(bn_bwd, _bn_bwd_fake, 5)
+_register(_bn_bwd_op, _bn_bwd_fake, 5)
 
 
 # --- inner-loop update ----------------------------------------------------------------
@@ -224,10 +224,14 @@ def _eager_update(params, grads, lr, clamp):
 
 
 @torch.library.custom_op(f"{_NS}::clamped_sgd", mutates_args=())
-def clamped_sgd_raw(
+def _clamped_sgd_op(
     params: List[Tensor], grads: List[Tensor], lr: Tensor, clamp: Optional[float]
 ) -> List[Tensor]:
     """params[i] - lr[i] * clamp(grads[i], -clamp, clamp), one launch per 8 tensors."""
+    return _update_launch(params, grads, lr, clamp)
+
+
+def _update_launch(params, grads, lr, clamp):
     return _update.clamped_sgd(
         [p.contiguous() for p in params], [g.contiguous() for g in grads], lr, clamp
     )
@@ -237,7 +241,60 @@ def _update_fake(params, grads, lr, clamp):
     return [torch.empty_like(p) for p in params]
 
 
-_register(clamped_sgd_raw, _update_fake, None)
+_register(_clamped_sgd_op, _update_fake, None)
+
+
+# --- the raw ops as called by the autograd Functions ----------------------------------
+
+
+def _compiling() -> bool:
+    fn = getattr(torch.compiler, "is_compiling", None)
+    if fn is None:  # torch < 2.3
+        return torch._dynamo.is_compiling()
+    return fn()
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _direct(args) -> bool:
+    """True when a raw op may launch its kernel without the custom-op dispatch (saving its
+    Python overhead): plain tensors, no torch.func transform, not under torch.compile.
+    Anything else (vmap, grad, fake tensors, tracing) goes through the custom op."""
+    try:
+        if _compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+            return False
+    except Exception:
+        return False
+    for a in args:
+        items = a if isinstance(a, (list, tuple)) else (a,)
+        for t in items:
+            if isinstance(t, Tensor) and type(t) not in _PLAIN:
+                return False
+    return True
+
+
+def _raw(op, launcher, name):
+    def raw(*args):
+        if _direct(args):
+            return launcher(*args)
+        return op(*args)
+
+    raw.__name__ = raw.__qualname__ = name
+    raw.__doc__ = f"Raw op ``{name}`` (contract: backends/eager.py); custom op {op}."
+    raw.op = op
+    return raw
+
+
+linear_fwd = _raw(_linear_fwd_op, _linear.film_linear_fwd, "linear_fwd")
+linear_lowrank_fwd = _raw(
+    _linear_lowrank_fwd_op, _lowrank.film_linear_lowrank_fwd, "linear_lowrank_fwd"
+)
+conv_fwd = _raw(_conv_fwd_op, _conv.film_conv2d_fwd, "conv_fwd")
+epilogue_bwd = _raw(_epilogue_bwd_op, _epilogue.film_epilogue_bwd, "epilogue_bwd")
+bn_fwd = _raw(_bn_fwd_op, _norm.bn_fwd, "bn_fwd")
+bn_bwd = _raw(_bn_bwd_op, _norm.bn_bwd, "bn_bwd")
+clamped_sgd_raw = _raw(_clamped_sgd_op, _update_launch, "clamped_sgd_raw")
 
 
 class ClampedSGDFunction(torch.autograd.Function):
