@@ -34,6 +34,16 @@ class FastWeights:
         return {n for w, b in self.lowrank.values() for n in (w, b) if n is not None}
 
 
+def linear_layers(base: nn.Module) -> dict[nn.Module, tuple[str, str | None]]:
+    """Every FiLMLinear layer of ``base`` with its (weight, bias) parameter names."""
+    out = {}
+    for name, module in base.named_modules():
+        if isinstance(module, FiLMLinear):
+            prefix = f"{name}." if name else ""
+            out[module] = (prefix + "weight", prefix + "bias" if module.bias is not None else None)
+    return out
+
+
 def lowrank_layers(
     base: nn.Module, rank: int, mode: str
 ) -> dict[nn.Module, tuple[str, str | None]]:
@@ -44,15 +54,11 @@ def lowrank_layers(
     one input or output, stay dense)."""
     if mode == "dense":
         return {}
-    out = {}
-    for name, module in base.named_modules():
-        if not isinstance(module, FiLMLinear):
-            continue
-        if mode == "auto" and rank >= min(module.in_features, module.out_features):
-            continue
-        prefix = f"{name}." if name else ""
-        out[module] = (prefix + "weight", prefix + "bias" if module.bias is not None else None)
-    return out
+    return {
+        module: names
+        for module, names in linear_layers(base).items()
+        if mode == "lowrank" or rank < min(module.in_features, module.out_features)
+    }
 
 
 def init_fast_weights(
@@ -89,9 +95,10 @@ def forward(
     base: nn.Module, fw: FastWeights, x: Tensor, film: FilmArg, *, record: bool = False
 ) -> tuple[Tensor, dict]:
     """Run the base network with the fast weights: x [T, N, ...] -> output [T, N, ...].
-    With ``record``, also returns each low-rank layer's (input, output, gamma, act)."""
+    With ``record``, also returns each FiLMLinear layer's (input, output, gamma, act),
+    in call order."""
     scope = LowRankScope(
-        factors=fw.factors, record=frozenset(fw.lowrank) if record else frozenset()
+        factors=fw.factors, record=frozenset(linear_layers(base)) if record else frozenset()
     )
     with lowrank_scope(scope):
         out = functional_call(base, fw.params, (x,), {"film": film, "task_axis": True})

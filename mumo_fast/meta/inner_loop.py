@@ -3,12 +3,23 @@
 No loop over tasks: the support loss is the *sum* of the per-task mean losses, so
 its gradient w.r.t. a per-task fast weight ``[T, ...]`` is each task's own gradient.
 
-Low-rank layers (see :mod:`mumo_fast.meta.fast_weights`) get their inner gradient
-``D^T A`` from one ``autograd.grad`` call w.r.t. the layer outputs ``y``:
-``D = dL/dz = dL/dy * act'(y) * gamma``. With an inner-gradient clamp the clamped
-gradient is no longer ``D^T A``; the step checks (exactly, in no-grad) whether the
-clamp binds anywhere in the layer, and if it does, that layer switches to dense
-per-task weights ``W + v^T u`` from then on. Either way the result is exact.
+Inner gradients of FiLMLinear layers come from ``D = dL/dz`` (z: the layer's pre-FiLM
+output) and the layer input ``A``: ``dL/dW = D^T A``, ``dL/db = sum_k D``. Two ways to
+get the D's, both exact to any order:
+
+* chain (written out): when the base network is a chain of FiLMLinear layers (each
+  layer's input is the previous layer's output, the network output is the last
+  layer's output, every parameter belongs to one of them, as in the regression MLP),
+  ``D_l = (D_{l+1} W'_{l+1}) * act'(y_l) * gamma_l`` is computed with plain
+  differentiable torch ops, with ``D W'`` in low-rank form (``D W + (D v^T) u``) where
+  the layer is low-rank. Only the loss gradient w.r.t. the output uses autograd.
+* generic: one ``autograd.grad`` call w.r.t. every dense parameter and every low-rank
+  layer's output ``y``, then ``D = dL/dy * act'(y) * gamma``.
+
+With an inner-gradient clamp the clamped gradient is no longer ``D^T A``; the step
+checks (exactly, in no-grad) whether the clamp binds anywhere in a low-rank layer, and
+if it does, that layer switches to dense per-task weights ``W + v^T u`` from then on.
+Either way the result is exact.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..models._film import FilmArg
 from ..ops.backends.eager import activation_grad_from_output
-from .fast_weights import FastWeights, forward, materialise
+from .fast_weights import FastWeights, forward, linear_layers, materialise
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (output [T, N, ...], target) -> per-task loss [T]
 LrFn = Callable[[str], "float | Tensor"]
@@ -32,6 +43,56 @@ def _clamp_binds(d: Tensor, a: Tensor, clamp: float, has_bias: bool) -> bool:
         if torch.bmm(d.transpose(1, 2), a).abs().amax() >= clamp:
             return True
         return bool(has_bias and d.sum(1).abs().amax() >= clamp)
+
+
+def _pre_film_grad(gy: Tensor, y: Tensor, gamma: Tensor | None, act: str) -> Tensor:
+    """D = dL/dz from dL/dy for y = act(z * gamma + beta)."""
+    if act == "relu":
+        # relu's own backward: one differentiable op instead of compare, cast and multiply.
+        d = torch.ops.aten.threshold_backward(gy, y, 0)
+    else:
+        act_grad = activation_grad_from_output(y, act)
+        d = gy if act_grad is None else gy * act_grad
+    return d if gamma is None else d * gamma.unsqueeze(1)
+
+
+def _chain(fw: FastWeights, records: dict, out: Tensor, layers: dict) -> list | None:
+    """The recorded FiLMLinear layers in order if they form the whole network as a chain."""
+    chain = list(records)
+    if not chain or records[chain[-1]][1] is not out:
+        return None
+    for prev, nxt in zip(chain[:-1], chain[1:]):
+        if records[nxt][0] is not records[prev][1]:
+            return None
+    names = {n for m in chain for n in layers[m] if n is not None}
+    return chain if names == set(fw.params) else None
+
+
+def _times_weight_t(d: Tensor, fw: FastWeights, module: nn.Module, wname: str) -> Tensor:
+    """d [T, N, OUT] @ W'_t [T, OUT, IN] -> [T, N, IN] (the backward of the layer to its input)."""
+    w = fw.params[wname]
+    if w.dim() == 3:
+        return torch.bmm(d, w)
+    g = torch.matmul(d, w)
+    if module in fw.factors:
+        u, v = fw.factors[module]
+        g = torch.baddbmm(g, torch.bmm(d, v.transpose(1, 2)), u)
+    return g
+
+
+def _chain_pre_film_grads(
+    fw: FastWeights, records: dict, chain: list, layers: dict, g_out: Tensor
+) -> dict:
+    ds = {}
+    gy = g_out
+    for i in range(len(chain) - 1, -1, -1):
+        module = chain[i]
+        _, y, gamma, act = records[module]
+        d = _pre_film_grad(gy, y, gamma, act)
+        ds[module] = d
+        if i > 0:
+            gy = _times_weight_t(d, fw, module, layers[module][0])
+    return ds
 
 
 def inner_step(
@@ -52,40 +113,58 @@ def inner_step(
     gradients (and low-rank factors) are constants of the meta-gradient.
     """
     num_tasks = x.shape[0]
-    out, records = forward(base, fw, x, film, record=bool(fw.lowrank))
+    layers = linear_layers(base)
+    out, records = forward(base, fw, x, film, record=True)
     loss = loss_fn(out, y).sum()
-    lr_names = fw.lowrank_names()
-    dense_names = [n for n in fw.params if n not in lr_names]
-    layers = list(fw.lowrank)
-    targets = [fw.params[n] for n in dense_names] + [records[m][1] for m in layers]
-    grads = torch.autograd.grad(
-        loss, targets, create_graph=create_graph, allow_unused=True, materialize_grads=True
-    )
+    chain = _chain(fw, records, out, layers)
+    if chain is not None:
+        (g_out,) = torch.autograd.grad(loss, out, create_graph=create_graph)
+        with torch.set_grad_enabled(create_graph):
+            ds = _chain_pre_film_grads(fw, records, chain, layers, g_out)
+        names, params, grads = [], [], []
+        dense_layers = [m for m in chain if m not in fw.lowrank]
+    else:
+        lr_names = fw.lowrank_names()
+        names = [n for n in fw.params if n not in lr_names]
+        lr_layers = list(fw.lowrank)
+        targets = [fw.params[n] for n in names] + [records[m][1] for m in lr_layers]
+        all_grads = torch.autograd.grad(
+            loss, targets, create_graph=create_graph, allow_unused=True, materialize_grads=True
+        )
+        params = [fw.params[n] for n in names]
+        grads = list(all_grads[: len(names)])
+        ds = {}
+        for module, gy in zip(lr_layers, all_grads[len(names) :]):
+            _, y_out, gamma, act = records[module]
+            ds[module] = _pre_film_grad(gy, y_out, gamma, act)
+        dense_layers = []
     new_params = dict(fw.params)
     new_lowrank = dict(fw.lowrank)
     new_factors = dict(fw.factors)
-    names = list(dense_names)
-    params = [fw.params[n] for n in dense_names]
-    dense_grads = list(grads[: len(dense_names)])
-    for module, gy in zip(layers, grads[len(dense_names) :]):
-        x_in, y_out, gamma, act = records[module]
-        act_grad = activation_grad_from_output(y_out, act)
-        d = gy if act_grad is None else gy * act_grad
-        if gamma is not None:
-            d = d * gamma.unsqueeze(1)
-        a = x_in
+
+    def add_dense(module, d, a, weight):
+        wname, bname = layers[module]
+        names.append(wname)
+        params.append(weight)
+        grads.append(torch.bmm(d.transpose(1, 2), a))
+        if bname is not None:
+            b = fw.params[bname]
+            names.append(bname)
+            params.append(b.expand(num_tasks, *b.shape) if b.dim() == 1 else b)
+            grads.append(d.sum(1))
+
+    for module in dense_layers:
+        d, a = ds[module], records[module][0]
+        if not create_graph:
+            d, a = d.detach(), a.detach()
+        add_dense(module, d, a, fw.params[layers[module][0]])
+    for module in fw.lowrank:
+        d, a = ds[module], records[module][0]
         if not create_graph:
             d, a = d.detach(), a.detach()
         wname, bname = fw.lowrank[module]
         if clamp is not None and _clamp_binds(d, a, clamp, bname is not None):
-            names.append(wname)
-            params.append(materialise(fw, module, num_tasks))
-            dense_grads.append(torch.bmm(d.transpose(1, 2), a))
-            if bname is not None:
-                b = fw.params[bname]
-                names.append(bname)
-                params.append(b.expand(num_tasks, *b.shape) if b.dim() == 1 else b)
-                dense_grads.append(d.sum(1))
+            add_dense(module, d, a, materialise(fw, module, num_tasks))
             del new_lowrank[module]
             new_factors.pop(module, None)
             continue
@@ -98,7 +177,7 @@ def inner_step(
         if bname is not None:
             new_params[bname] = fw.params[bname] - lr(bname) * d.sum(1)
     if names:
-        updated = ops.clamped_sgd(params, dense_grads, [lr(n) for n in names], clamp)
+        updated = ops.clamped_sgd(params, grads, [lr(n) for n in names], clamp)
         new_params.update(zip(names, updated))
     return FastWeights(new_params, new_lowrank, new_factors)
 
