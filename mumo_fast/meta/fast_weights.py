@@ -14,6 +14,7 @@ layers,
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -34,14 +35,24 @@ class FastWeights:
         return {n for w, b in self.lowrank.values() for n in (w, b) if n is not None}
 
 
+_LINEAR_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def linear_layers(base: nn.Module) -> dict[nn.Module, tuple[str, str | None]]:
-    """Every FiLMLinear layer of ``base`` with its (weight, bias) parameter names."""
-    out = {}
-    for name, module in base.named_modules():
-        if isinstance(module, FiLMLinear):
-            prefix = f"{name}." if name else ""
-            out[module] = (prefix + "weight", prefix + "bias" if module.bias is not None else None)
-    return out
+    """Every FiLMLinear layer of ``base`` with its (weight, bias) parameter names
+    (cached per module; the structure of a base network does not change)."""
+    cached = _LINEAR_CACHE.get(base)
+    if cached is None:
+        cached = {}
+        for name, module in base.named_modules():
+            if isinstance(module, FiLMLinear):
+                prefix = f"{name}." if name else ""
+                cached[module] = (
+                    prefix + "weight",
+                    prefix + "bias" if module.bias is not None else None,
+                )
+        _LINEAR_CACHE[base] = cached
+    return dict(cached)
 
 
 def lowrank_layers(
