@@ -295,7 +295,7 @@ def main():
                     want = got
                 if want is not None:
                     row["err"] = f"{rel_err(got, want):.1e}"
-                rep = 3000 if name == "loop" else 500
+                rep = 1000 if name == "loop" else 500
                 if ARGS.dry_run:
                     rep = 1
                 ms = bench_ms(lambda fn=fn: fn(p, ARGS.steps), rep)
