@@ -23,7 +23,7 @@ pytestmark = pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("shared", (True, False))
 def test_film_linear(backend, dtype, activation, shared):
-    for flags in optional_flags():
+    for flags in optional_flags(backend):
         args = linear_args(3, 5, 7, 6, shared, flags, dtype, shared_bias=shared)
         got = ops.film_linear(*args, activation=activation, backend=backend)
         want = ops.film_linear(*args, activation=activation, backend="reference")
@@ -46,7 +46,7 @@ def test_film_linear_lowrank(backend, dtype, activation):
 @pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), ((2, 1), (0, 1))])
 def test_film_conv2d(backend, dtype, shared, stride, padding):
     for activation in ACTIVATIONS:
-        for flags in optional_flags():
+        for flags in optional_flags(backend):
             args = conv_args(2, 3, 3, 7, 6, 5, 3, shared, flags, dtype)
             kw = dict(stride=stride, padding=padding, activation=activation)
             got = ops.film_conv2d(*args, **kw, backend=backend)
