@@ -11,7 +11,7 @@ cmdclass = {}
 try:
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-    sources = sorted(glob("csrc/*.cpp"))
+    sources = sorted(glob("csrc/*.cpp"))  # relative paths: setuptools requires them
     if sources:
         ext_modules = [
             CppExtension(
@@ -25,10 +25,13 @@ try:
 except ImportError:
     pass
 
+# csrc/ ships inside the package as mumo_fast/csrc so that an installed copy can still
+# JIT-compile the extension (mumo_fast/ops/backends/cpp_build.py looks in both places).
 setup(
-    packages=find_packages(include=["mumo_fast", "mumo_fast.*"]) + ["mumo_fast.kernels"],
-    package_dir={"mumo_fast.kernels": "kernels"},
-    package_data={"mumo_fast": ["csrc/*.cpp", "csrc/*.h"]},
+    packages=find_packages(include=["mumo_fast", "mumo_fast.*"])
+    + ["mumo_fast.kernels", "mumo_fast.csrc"],
+    package_dir={"mumo_fast.kernels": "kernels", "mumo_fast.csrc": "csrc"},
+    package_data={"mumo_fast.csrc": ["*.cpp", "*.h"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -50,7 +50,7 @@ void bn_fwd_kernel(const scalar_t* x, scalar_t* y, scalar_t* mean_out, scalar_t*
     b_out = scalar_t(k.b * k.g + k.be);
   };
   if (S < kSmallS) {
-    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, T, grain_for(N * C * S), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> s1(C), s2(C);
       std::vector<scalar_t> shift(C), a(C), bb(C), mu(C);
       for (int64_t t = begin; t < end; ++t) {
@@ -88,7 +88,7 @@ void bn_fwd_kernel(const scalar_t* x, scalar_t* y, scalar_t* mean_out, scalar_t*
     });
     return;
   }
-  at::parallel_for(0, T * C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, T * C, grain_for(N * S), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t t = p / C, c = p % C;
       const int64_t base = (t * N * C + c) * S, nstride = C * S;
@@ -150,7 +150,7 @@ void bn_bwd_kernel(const scalar_t* gy, const scalar_t* x, const scalar_t* y,
     c1 = scalar_t(s1 / m);
   };
   if (S < kSmallS) {
-    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, T, grain_for(N * C * S), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> s0(C), s1(C);
       std::vector<scalar_t> kk(C), c0(C), c1(C);
       for (int64_t t = begin; t < end; ++t) {
@@ -188,7 +188,7 @@ void bn_bwd_kernel(const scalar_t* gy, const scalar_t* x, const scalar_t* y,
     });
     return;
   }
-  at::parallel_for(0, T * C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, T * C, grain_for(N * S), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t t = p / C, c = p % C;
       const int64_t base = (t * N * C + c) * S, nstride = C * S;

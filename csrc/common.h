@@ -37,6 +37,13 @@ inline scalar_t act_grad_from_y(scalar_t y, Act a) {
   }
 }
 
+// Work items per parallel chunk when each item touches `per_item` elements: at
+// least 32768 elements per chunk (ATen's own GRAIN_SIZE), so that small tensors
+// never pay for a parallel region.
+inline int64_t grain_for(int64_t per_item) {
+  return std::max<int64_t>(1, int64_t(32768) / std::max<int64_t>(per_item, 1));
+}
+
 // A [T, C] vector argument that may be absent: data pointer, or a row of `fill`
 // values shared by every task (so that the inner loops stay branch-free).
 template <typename scalar_t>

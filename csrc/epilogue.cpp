@@ -24,7 +24,6 @@ void finish_activation(at::Tensor& y, Act act) {
 
 namespace {
 
-constexpr int64_t kGrain = 16384;  // elements per parallel chunk
 
 template <typename scalar_t, bool kRelu>
 void epilogue_fwd_kernel(const scalar_t* in, int64_t in_st, int64_t in_sn, int64_t t0,
@@ -32,8 +31,7 @@ void epilogue_fwd_kernel(const scalar_t* in, int64_t in_st, int64_t in_sn, int64
                          int64_t S, const TCVec<scalar_t>& bias, const TCVec<scalar_t>& gamma,
                          const TCVec<scalar_t>& beta) {
   const int64_t row = C * S;
-  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(row, 1));
-  at::parallel_for(0, tcount * N, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tcount * N, grain_for(row), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t tl = r / N, n = r % N, t = t0 + tl;
       const scalar_t* src = in + tl * in_st + n * in_sn;
@@ -77,7 +75,7 @@ void epilogue_bwd_kernel(const scalar_t* gy, const scalar_t* y, const scalar_t* 
   using acc_t = double;
   if (S < 16) {
     // Task-major: one task per step, per-channel accumulators, vectorised over C*S.
-    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, T, grain_for(N * C * S), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> sdu(C), sduz(C);
       for (int64_t t = begin; t < end; ++t) {
         std::fill(sdu.begin(), sdu.end(), acc_t(0));
@@ -110,7 +108,7 @@ void epilogue_bwd_kernel(const scalar_t* gy, const scalar_t* y, const scalar_t* 
   }
   // Plane-major: one (t, c) plane of N rows of S contiguous values per step.
   constexpr int L = 8;
-  at::parallel_for(0, T * C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, T * C, grain_for(N * S), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t t = p / C, c = p % C;
       const scalar_t gc = gamma.row(t)[c];
