@@ -7,8 +7,10 @@ mode), K=5 support and 10 query points, 5 inner steps (lr 0.001), full meta-grad
 (second order, and first order), optimizer step excluded.
 
 Implementations (identical parameters; their gradients are checked against the loop):
-  mumo_lowrank / mumo_dense  MetaLearner.meta_train_step (fast_weights="lowrank"/"dense";
-                             it also computes the post-modulation loss it returns)
+  mumo_auto / mumo_lowrank / mumo_dense
+          MetaLearner.meta_train_step with fast_weights "auto" (the default: low-rank for the
+          100x100 layers, dense for the 1x100 and 100x1 ones), "lowrank" (every layer) or
+          "dense"; it also computes the post-modulation loss it returns
   loop    per task: functional params, torch.autograd.grad(create_graph=True) inner steps,
           query loss kept; the mean of the query losses backward once (the authors' style)
   vmap    torch.func.vmap over tasks of the inner loop written with torch.func.grad
@@ -19,8 +21,9 @@ The baselines run the encoder and modulation heads once, batched over all tasks
 
 Timing: round-robin over implementations (so load drift on a shared machine hits all
 alike), median of the repeats; ratios are of medians measured in the same run. Peak
-memory: one subprocess per implementation, ru_maxrss growth over the setup during
-warm-up + 2 steps.
+memory: one subprocess per implementation, the growth of resident memory during 2 steps
+over the resident memory just before them (the first step's peak: freed memory mostly
+stays with the process).
 
     python bench/meta_step.py                     # writes bench/results/cpu_meta_step.json
     python bench/meta_step.py --tasks 75 --repeats 15 --markdown BENCHMARKS.md
@@ -32,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -46,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mumo_fast.meta import MetaLearner, TaskBatch  # noqa: E402
 
-IMPLS = ("mumo_lowrank", "mumo_dense", "loop", "vmap", "higher")
+IMPLS = ("mumo_auto", "mumo_lowrank", "mumo_dense", "loop", "vmap", "higher")
 STEPS, LR, K, Q = 5, 1e-3, 5, 10
 
 
@@ -66,7 +68,7 @@ def make_batch(t: int, seed: int = 0) -> TaskBatch:
     return TaskBatch(x[:, :K], y[:, :K], x[:, K:], y[:, K:], mode)
 
 
-def make_learner(fast_weights: str, first_order: bool) -> MetaLearner:
+def make_learner(fast_weights: str, first_order: bool, backend: str | None = None) -> MetaLearner:
     torch.manual_seed(0)
     return MetaLearner.from_config(
         {
@@ -77,6 +79,7 @@ def make_learner(fast_weights: str, first_order: bool) -> MetaLearner:
             "inner_lr": LR,
             "first_order": first_order,
             "fast_weights": fast_weights,
+            "backend": backend,
         }
     )
 
@@ -179,9 +182,10 @@ def higher_step(learner: MetaLearner, batch: TaskBatch, first_order: bool, modul
     return float(loss)
 
 
-def runner(impl: str, first_order: bool):
+def runner(impl: str, first_order: bool, backend: str | None = None):
     """A learner and a function performing one meta-step (zero_grad + forward + backward)."""
-    learner = make_learner("dense" if impl == "mumo_dense" else "lowrank", first_order)
+    fast = {"mumo_dense": "dense", "mumo_auto": "auto"}.get(impl, "lowrank")
+    learner = make_learner(fast, first_order, backend)
     module = FiLMMLPModule(learner) if impl == "higher" else None
 
     def step(batch: TaskBatch) -> float:
@@ -197,11 +201,11 @@ def runner(impl: str, first_order: bool):
     return learner, step
 
 
-def check_gradients(impls, first_order: bool, batch: TaskBatch) -> dict:
+def check_gradients(impls, first_order: bool, batch: TaskBatch, backend: str | None) -> dict:
     """Max |grad - loop grad| / max |loop grad| over all parameters, per implementation."""
     grads = {}
     for impl in impls:
-        learner, step = runner(impl, first_order)
+        learner, step = runner(impl, first_order, backend)
         step(batch)
         grads[impl] = {
             n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None
@@ -215,8 +219,10 @@ def check_gradients(impls, first_order: bool, batch: TaskBatch) -> dict:
     return out
 
 
-def time_impls(impls, first_order: bool, batch: TaskBatch, repeats: int, warmup: int) -> dict:
-    runners = {impl: runner(impl, first_order)[1] for impl in impls}
+def time_impls(
+    impls, first_order: bool, batch: TaskBatch, repeats: int, warmup: int, backend: str | None
+) -> dict:
+    runners = {impl: runner(impl, first_order, backend)[1] for impl in impls}
     for _ in range(warmup):
         for impl in impls:
             runners[impl](batch)
@@ -230,28 +236,54 @@ def time_impls(impls, first_order: bool, batch: TaskBatch, repeats: int, warmup:
     return times
 
 
-def memory_child(impl: str, first_order: bool, tasks: int) -> None:
-    batch = make_batch(tasks)
-    _, step = runner(impl, first_order)
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(impl: str, first_order: bool, tasks: int, backend: str | None) -> None:
+    """Peak resident-memory growth during 2 meta-steps over the RSS just before the
+    first (sampled every 0.2 ms by a thread; torch releases the GIL in its kernels).
+    Freed memory mostly stays with the process, so only the first step's peak counts."""
     import gc
+    import threading
 
+    batch = make_batch(tasks)
+    _, step = runner(impl, first_order, backend)
     gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(3):
+    base = _rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    for _ in range(2):
         step(batch)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": (after - before) / 1024}))
+    done.set()
+    thread.join()
+    print(json.dumps({"peak_mb": (peak[0] - base) / 2**20}))
 
 
-def peak_memory(impl: str, first_order: bool, tasks: int) -> float:
+def peak_memory(
+    impl: str, first_order: bool, tasks: int, backend: str | None, threads: int | None
+) -> float:
     cmd = [sys.executable, __file__, "--memory-child", impl, "--tasks", str(tasks)]
+    if backend:
+        cmd += ["--backend", backend]
+    if threads:
+        cmd += ["--threads", str(threads)]
     if first_order:
         cmd.append("--first-order-child")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
 
-def environment() -> dict:
+def environment(backend: str | None) -> dict:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -273,7 +305,7 @@ def environment() -> dict:
         "threads": torch.get_num_threads(),
         "loadavg_at_start": os.getloadavg(),
         "versions": versions,
-        "ops_backend": backends.resolve("auto", torch.device("cpu"), "film_linear"),
+        "ops_backend": backend or backends.resolve("auto", torch.device("cpu"), "film_linear"),
     }
 
 
@@ -328,6 +360,9 @@ def main() -> None:
     ap.add_argument("--orders", default="second,first")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--backend", default=None, help="ops backend of mumo_fast's layers (default: auto)"
+    )
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--out", default="bench/results/cpu_meta_step.json")
     ap.add_argument("--markdown", default=None, help="update this file's meta-step section")
@@ -337,7 +372,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
-        memory_child(args.memory_child, args.first_order_child, args.tasks)
+        memory_child(args.memory_child, args.first_order_child, args.tasks, args.backend)
         return
     impls = [i for i in args.impls.split(",") if i]
     if "loop" not in impls:
@@ -346,13 +381,13 @@ def main() -> None:
     result = {
         "tasks": args.tasks,
         "repeats": args.repeats,
-        "environment": environment(),
+        "environment": environment(args.backend),
         "results": {},
     }
     for order in args.orders.split(","):
         first = order == "first"
-        errors = check_gradients(impls, first, batch)
-        times = time_impls(impls, first, batch, args.repeats, args.warmup)
+        errors = check_gradients(impls, first, batch, args.backend)
+        times = time_impls(impls, first, batch, args.repeats, args.warmup, args.backend)
         med = {impl: median(ts) for impl, ts in times.items()}
         rows = {}
         for impl in impls:
@@ -365,7 +400,9 @@ def main() -> None:
                 "times_s": times[impl],
             }
             if not args.no_memory:
-                rows[impl]["peak_mb"] = peak_memory(impl, first, args.tasks)
+                rows[impl]["peak_mb"] = peak_memory(
+                    impl, first, args.tasks, args.backend, args.threads
+                )
             print(
                 f"{order:6s} {impl:13s} {rows[impl]['tasks_per_s']:8.1f} tasks/s  "
                 f"{rows[impl]['vs_loop']:5.1f}x loop  {rows[impl]['vs_vmap']:5.2f}x vmap  "
