@@ -363,7 +363,7 @@ def write(out_dir, meta, rows):
         fh.write("\n".join(lines) + "\n")
 
 
-HEADLINE = ("linear_reg_T75", "bn_omni_14", "conv_omni_l2_14", "linear_reg", "bn_omni")
+HEADLINE = ("linear_reg_T75", "bn_omni_14", "linear_reg", "bn_omni")
 
 
 def run_compile(item, meta, rows):
