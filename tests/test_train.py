@@ -26,7 +26,9 @@ from mumo_fast.train import checkpoint as checkpoint_module
 
 def make_trainer(run_dir, iterations, seed=0, hook=None, checkpoint_every=1000, method="mumomaml"):
     seed_everything(seed)
-    learner = MetaLearner.from_config(run_config(method, "film", 2)["learner"])
+    cfg = run_config(method, "film", 2)["learner"]
+    cfg.update(hidden_sizes=[16, 16], encoder_hidden=8, modulation_hidden=16)  # small: fast
+    learner = MetaLearner.from_config(cfg)
     sampler = make_sampler(2, 3)
     calls = [0]
 
