@@ -58,12 +58,12 @@ def sync():
         torch.cuda.synchronize()
 
 
-def bench_ms(fn, rep_ms=100):
+def bench_ms(fn, rep_ms=60):
     """Median milliseconds of fn()."""
     if DEV.type == "cuda":
         from triton.testing import do_bench
 
-        r = do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.5])
+        r = do_bench(fn, warmup=15, rep=rep_ms, quantiles=[0.5])
         return float(r[0] if isinstance(r, (list, tuple)) else r)
     fn()
     times = []
