@@ -39,10 +39,20 @@ LrFn = Callable[[str], "float | Tensor"]
 
 
 def _clamp_binds(d: Tensor, a: Tensor, clamp: float, has_bias: bool) -> bool:
+    """Whether ``clamp`` binds anywhere in the inner gradient ``D^T A`` (or the bias
+    gradient ``sum_k D``) of a low-rank layer. A cheap per-task upper bound on
+    ``|D^T A|`` (the smaller of ``max_o sum_k |D| * max |A|`` and, by Cauchy-Schwarz,
+    ``max_o ||D_o|| * max_i ||A_i||``) settles most steps without forming ``D^T A``."""
     with torch.no_grad():
-        if torch.bmm(d.transpose(1, 2), a).abs().amax() >= clamp:
+        if has_bias and d.sum(1).abs().amax() >= clamp:
             return True
-        return bool(has_bias and d.sum(1).abs().amax() >= clamp)
+        d_abs, a_abs = d.abs(), a.abs()
+        bound1 = d_abs.sum(1).amax(1) * a_abs.amax(dim=(1, 2))
+        # (vector_norm over a non-innermost dim is ~40x slower on CPU than this)
+        bound2 = d.square().sum(1).amax(1).sqrt() * a.square().sum(1).amax(1).sqrt()
+        if torch.minimum(bound1, bound2).amax() < clamp:
+            return False
+        return bool(torch.bmm(d.transpose(1, 2), a).abs().amax() >= clamp)
 
 
 def _pre_film_grad(gy: Tensor, y: Tensor, gamma: Tensor | None, act: str) -> Tensor:
