@@ -12,3 +12,22 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+if torch.cuda.is_available():
+    # exact float32 everywhere: the parity tests compare backends to float32 rounding
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@pytest.fixture(autouse=True)
+def _triton_tensors_on_cuda(request):
+    """Tests parametrised by ``backend`` draw their tensors on the default device; for the
+    compiled (non-interpreted) triton backend that is CUDA."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if params.get("backend") == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        with torch.device("cuda"):
+            yield
+    else:
+        yield
