@@ -78,8 +78,8 @@ def table(results: dict) -> str:
             paper = p2 if modes == 2 else p3
             m = results.get(f"{prefix}_{modes}modes")
             lines.append(
-                f"| {label} | {modes} | {budget(m)} | {cell(m, 'post_modulation')} | {paper[0]} "
-                f"| {cell(m, 'post_adaptation')} | {paper[1]} |"
+                f"| {label} | {modes} | {budget(m)} | {cell(m, 'post_modulation')} | {paper[0]:.4f} "
+                f"| {cell(m, 'post_adaptation')} | {paper[1]:.4f} |"
             )
     return "\n".join(lines)
 
@@ -144,6 +144,14 @@ def main() -> int:
             "per network, 25 tasks per mode, second order, inner-gradient clamp 10 for MuMoMAML) "
             "except the number of meta-iterations, given beside each row (the paper trained "
             "70,000). Commands: `scripts/table1.sh`; this table: `python scripts/collect_table1.py`.",
+            "",
+            "How these runs were made: all ten started on a lent 16-core machine "
+            "(`scripts/table1_device.sh`: one core each, `reference` ops backend, a 440 s time "
+            "limit, so the cheaper methods reached more iterations), then the eight non-MAML runs "
+            "were resumed from their checkpoints on the 2-core CPU machine "
+            "(`scripts/table1.sh` with a time limit). Each run's `log.jsonl` has its "
+            "training curve; `run.json` its settings. All budgets are far below the paper's: "
+            "read the rows as early-training numbers, not a reproduction.",
             "",
             table(results),
             "",
