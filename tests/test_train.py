@@ -179,3 +179,16 @@ def test_mean_ci95():
     assert mean == pytest.approx(values.mean().item(), abs=1e-12)
     assert ci == pytest.approx(1.96 * values.std().item() / 20, rel=1e-9)
     assert mean_ci95(torch.tensor([4.0])) == (4.0, 0.0)
+
+
+def test_logger_writes_jsonl_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from mumo_fast.train import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, tensorboard=True)
+    logger.log(1, loss=2.5, note="text values stay out of TensorBoard")
+    logger.log(2, loss=1.5)
+    logger.close()
+    assert [r["loss"] for r in read_log(tmp_path / "log.jsonl")] == [2.5, 1.5]
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
