@@ -11,8 +11,6 @@ namespace mumo_fast {
 namespace {
 
 using acc_t = double;
-constexpr int L = 8;        // independent accumulator lanes in the plane loops
-constexpr int64_t kSmallS = 16;  // below this spatial size, work task by task
 
 struct Coef {
   acc_t w, b, g, be;
@@ -27,17 +25,18 @@ inline Coef coef(const TCVec<scalar_t>& w, const TCVec<scalar_t>& b, const TCVec
 template <typename scalar_t, bool kRelu>
 inline scalar_t affine_act(scalar_t x, scalar_t mean, scalar_t a, scalar_t b) {
   const scalar_t u = (x - mean) * a + b;
-  return kRelu ? (u > scalar_t(0) ? u : scalar_t(0)) : u;
+  return kRelu ? relu(u) : u;
 }
 
+// Statistics are sums of (x - shift), shift = the plane's first value, which keeps
+// the one-pass variance free of cancellation; partial sums in scalar_t over at most
+// kFlushRows rows (task-major) or one row (plane-major), totals in double.
 template <typename scalar_t, bool kRelu>
 void bn_fwd_kernel(const scalar_t* x, scalar_t* y, scalar_t* mean_out, scalar_t* rstd_out,
                    int64_t T, int64_t N, int64_t C, int64_t S, double eps,
                    const TCVec<scalar_t>& w, const TCVec<scalar_t>& b, const TCVec<scalar_t>& g,
                    const TCVec<scalar_t>& be) {
   const acc_t m = acc_t(N * S);
-  // mean/rstd from sums of (x - shift); the shift (the plane's first value)
-  // keeps the one-pass variance free of cancellation.
   auto stats = [&](int64_t t, int64_t c, acc_t shift, acc_t s1, acc_t s2, scalar_t& a_out,
                    scalar_t& b_out) {
     const acc_t mu = s1 / m;
@@ -52,25 +51,33 @@ void bn_fwd_kernel(const scalar_t* x, scalar_t* y, scalar_t* mean_out, scalar_t*
   if (S < kSmallS) {
     at::parallel_for(0, T, grain_for(N * C * S), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> s1(C), s2(C);
-      std::vector<scalar_t> shift(C), a(C), bb(C), mu(C);
+      std::vector<scalar_t> p1(C), p2(C), shift(C), a(C), bb(C), mu(C);
       for (int64_t t = begin; t < end; ++t) {
         const scalar_t* xt = x + t * N * C * S;
         scalar_t* yt = y + t * N * C * S;
         std::fill(s1.begin(), s1.end(), acc_t(0));
         std::fill(s2.begin(), s2.end(), acc_t(0));
         for (int64_t c = 0; c < C; ++c) shift[c] = xt[c * S];
-        for (int64_t n = 0; n < N; ++n) {
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* xp = xt + (n * C + c) * S;
-            const acc_t k = shift[c];
-            acc_t a1 = 0, a2 = 0;
-            for (int64_t s = 0; s < S; ++s) {
-              const acc_t d = acc_t(xp[s]) - k;
-              a1 += d;
-              a2 += d * d;
+        for (int64_t n0 = 0; n0 < N; n0 += kFlushRows) {
+          std::fill(p1.begin(), p1.end(), scalar_t(0));
+          std::fill(p2.begin(), p2.end(), scalar_t(0));
+          for (int64_t n = n0; n < std::min(N, n0 + kFlushRows); ++n) {
+            const scalar_t* xr = xt + n * C * S;
+            for (int64_t c = 0; c < C; ++c) {
+              const scalar_t k = shift[c];
+              scalar_t a1 = 0, a2 = 0;
+              for (int64_t s = 0; s < S; ++s) {
+                const scalar_t d = xr[c * S + s] - k;
+                a1 += d;
+                a2 += d * d;
+              }
+              p1[c] += a1;
+              p2[c] += a2;
             }
-            s1[c] += a1;
-            s2[c] += a2;
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            s1[c] += p1[c];
+            s2[c] += p2[c];
           }
         }
         for (int64_t c = 0; c < C; ++c) {
@@ -92,31 +99,31 @@ void bn_fwd_kernel(const scalar_t* x, scalar_t* y, scalar_t* mean_out, scalar_t*
     for (int64_t p = begin; p < end; ++p) {
       const int64_t t = p / C, c = p % C;
       const int64_t base = (t * N * C + c) * S, nstride = C * S;
-      const acc_t k = x[base];
-      acc_t l1[L] = {0}, l2[L] = {0};
+      const scalar_t k = x[base];
       acc_t r1 = 0, r2 = 0;
       for (int64_t n = 0; n < N; ++n) {
         const scalar_t* xp = x + base + n * nstride;
+        scalar_t l1[kLanes] = {0}, l2[kLanes] = {0};
         int64_t s = 0;
-        for (; s + L <= S; s += L) {
-          for (int l = 0; l < L; ++l) {
-            const acc_t d = acc_t(xp[s + l]) - k;
+        for (; s + kLanes <= S; s += kLanes) {
+          for (int l = 0; l < kLanes; ++l) {
+            const scalar_t d = xp[s + l] - k;
             l1[l] += d;
             l2[l] += d * d;
           }
         }
         for (; s < S; ++s) {
-          const acc_t d = acc_t(xp[s]) - k;
+          const acc_t d = acc_t(xp[s] - k);
           r1 += d;
           r2 += d * d;
         }
-      }
-      for (int l = 0; l < L; ++l) {
-        r1 += l1[l];
-        r2 += l2[l];
+        for (int l = 0; l < kLanes; ++l) {
+          r1 += l1[l];
+          r2 += l2[l];
+        }
       }
       scalar_t a, bb;
-      stats(t, c, k, r1, r2, a, bb);
+      stats(t, c, acc_t(k), r1, r2, a, bb);
       const scalar_t mu = mean_out[p];
       for (int64_t n = 0; n < N; ++n) {
         const scalar_t* xp = x + base + n * nstride;
@@ -130,10 +137,10 @@ void bn_fwd_kernel(const scalar_t* x, scalar_t* y, scalar_t* mean_out, scalar_t*
 // With du = gy * act'(y), xhat = (x - mean) * rstd, S0 = sum du, S1 = sum du*xhat:
 // dx = rstd*g*w * (du - S0/m - xhat*S1/m), dweight = g*S1, dbias = g*S0,
 // dgamma = w*S1 + b*S0, dbeta = S0.
-template <typename scalar_t>
+template <typename scalar_t, Act act>
 void bn_bwd_kernel(const scalar_t* gy, const scalar_t* x, const scalar_t* y,
                    const scalar_t* mean, const scalar_t* rstd, scalar_t* dx, int64_t T,
-                   int64_t N, int64_t C, int64_t S, Act act, const TCVec<scalar_t>& w,
+                   int64_t N, int64_t C, int64_t S, const TCVec<scalar_t>& w,
                    const TCVec<scalar_t>& b, const TCVec<scalar_t>& g, scalar_t* dweight,
                    scalar_t* dbias, scalar_t* dgamma, scalar_t* dbeta) {
   const acc_t m = acc_t(N * S);
@@ -152,25 +159,34 @@ void bn_bwd_kernel(const scalar_t* gy, const scalar_t* x, const scalar_t* y,
   if (S < kSmallS) {
     at::parallel_for(0, T, grain_for(N * C * S), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> s0(C), s1(C);
-      std::vector<scalar_t> kk(C), c0(C), c1(C);
+      std::vector<scalar_t> p0(C), p1(C), kk(C), c0(C), c1(C);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t tb = t * N * C * S;
         std::fill(s0.begin(), s0.end(), acc_t(0));
         std::fill(s1.begin(), s1.end(), acc_t(0));
         const scalar_t* mu = mean + t * C;
         const scalar_t* rs = rstd + t * C;
-        for (int64_t n = 0; n < N; ++n) {
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t off = tb + (n * C + c) * S;
-            acc_t a0 = 0, a1 = 0;
-            for (int64_t s = 0; s < S; ++s) {
-              const scalar_t du = gy[off + s] * act_grad_from_y(y[off + s], act);
-              const scalar_t xh = (x[off + s] - mu[c]) * rs[c];
-              a0 += du;
-              a1 += acc_t(du) * acc_t(xh);
+        for (int64_t n0 = 0; n0 < N; n0 += kFlushRows) {
+          std::fill(p0.begin(), p0.end(), scalar_t(0));
+          std::fill(p1.begin(), p1.end(), scalar_t(0));
+          for (int64_t n = n0; n < std::min(N, n0 + kFlushRows); ++n) {
+            for (int64_t c = 0; c < C; ++c) {
+              const int64_t off = tb + (n * C + c) * S;
+              scalar_t a0 = 0, a1 = 0;
+              for (int64_t s = 0; s < S; ++s) {
+                const scalar_t gv = gy[off + s], yv = y[off + s], xv = x[off + s];
+                const scalar_t du = apply_act_grad(gv, yv, act);
+                const scalar_t xh = (xv - mu[c]) * rs[c];
+                a0 += du;
+                a1 += du * xh;
+              }
+              p0[c] += a0;
+              p1[c] += a1;
             }
-            s0[c] += a0;
-            s1[c] += a1;
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            s0[c] += p0[c];
+            s1[c] += p1[c];
           }
         }
         for (int64_t c = 0; c < C; ++c) outputs(t, c, s0[c], s1[c], kk[c], c0[c], c1[c]);
@@ -178,8 +194,9 @@ void bn_bwd_kernel(const scalar_t* gy, const scalar_t* x, const scalar_t* y,
           for (int64_t c = 0; c < C; ++c) {
             const int64_t off = tb + (n * C + c) * S;
             for (int64_t s = 0; s < S; ++s) {
-              const scalar_t du = gy[off + s] * act_grad_from_y(y[off + s], act);
-              const scalar_t xh = (x[off + s] - mu[c]) * rs[c];
+              const scalar_t gv = gy[off + s], yv = y[off + s], xv = x[off + s];
+              const scalar_t du = apply_act_grad(gv, yv, act);
+              const scalar_t xh = (xv - mu[c]) * rs[c];
               dx[off + s] = kk[c] * (du - c0[c] - xh * c1[c]);
             }
           }
@@ -193,37 +210,39 @@ void bn_bwd_kernel(const scalar_t* gy, const scalar_t* x, const scalar_t* y,
       const int64_t t = p / C, c = p % C;
       const int64_t base = (t * N * C + c) * S, nstride = C * S;
       const scalar_t mu = mean[p], rs = rstd[p];
-      acc_t l0[L] = {0}, l1[L] = {0};
       acc_t r0 = 0, r1 = 0;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t off = base + n * nstride;
+        scalar_t l0[kLanes] = {0}, l1[kLanes] = {0};
         int64_t s = 0;
-        for (; s + L <= S; s += L) {
-          for (int l = 0; l < L; ++l) {
-            const scalar_t du = gy[off + s + l] * act_grad_from_y(y[off + s + l], act);
-            const scalar_t xh = (x[off + s + l] - mu) * rs;
+        for (; s + kLanes <= S; s += kLanes) {
+          for (int l = 0; l < kLanes; ++l) {
+            const scalar_t gv = gy[off + s + l], yv = y[off + s + l], xv = x[off + s + l];
+            const scalar_t du = apply_act_grad(gv, yv, act);
+            const scalar_t xh = (xv - mu) * rs;
             l0[l] += du;
-            l1[l] += acc_t(du) * acc_t(xh);
+            l1[l] += du * xh;
           }
         }
         for (; s < S; ++s) {
-          const scalar_t du = gy[off + s] * act_grad_from_y(y[off + s], act);
+          const scalar_t du = apply_act_grad(gy[off + s], y[off + s], act);
           const scalar_t xh = (x[off + s] - mu) * rs;
           r0 += du;
           r1 += acc_t(du) * acc_t(xh);
         }
-      }
-      for (int l = 0; l < L; ++l) {
-        r0 += l0[l];
-        r1 += l1[l];
+        for (int l = 0; l < kLanes; ++l) {
+          r0 += l0[l];
+          r1 += l1[l];
+        }
       }
       scalar_t k, c0, c1;
       outputs(t, c, r0, r1, k, c0, c1);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t off = base + n * nstride;
         for (int64_t s = 0; s < S; ++s) {
-          const scalar_t du = gy[off + s] * act_grad_from_y(y[off + s], act);
-          const scalar_t xh = (x[off + s] - mu) * rs;
+          const scalar_t gv = gy[off + s], yv = y[off + s], xv = x[off + s];
+          const scalar_t du = apply_act_grad(gv, yv, act);
+          const scalar_t xh = (xv - mu) * rs;
           dx[off + s] = k * (du - c0 - xh * c1);
         }
       }
@@ -294,11 +313,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_bwd(
   at::Tensor dweight = tc(), dbias = tc(), dgamma = tc(), dbeta = tc();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mumo_fast_bn_bwd", [&] {
     TCVec<scalar_t> wv(w, C, 1), bv(b, C, 0), gv(g, C, 1);
-    bn_bwd_kernel<scalar_t>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                            y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
-                            rstd.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), T, N, C, S, act,
-                            wv, bv, gv, dweight.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>(),
-                            dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>());
+    dispatch_act(act, [&](auto tag) {
+      bn_bwd_kernel<scalar_t, decltype(tag)::value>(
+          gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+          mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), T, N, C,
+          S, wv, bv, gv, dweight.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>(),
+          dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>());
+    });
   });
   return {dx, dweight, dbias, dgamma, dbeta};
 }

@@ -6,8 +6,10 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Optional.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace mumo_fast {
@@ -22,12 +24,13 @@ inline Act parse_act(c10::string_view s) {
   TORCH_CHECK(false, "mumo_fast: activation must be none|relu|tanh|sigmoid, got ", std::string(s));
 }
 
-// d act(u) / du written as a function of y = act(u).
+// d act(u) / du written as a function of y = act(u). Kernels take the activation
+// as a template argument (see dispatch_act) so that this folds to branch-free code.
 template <typename scalar_t>
 inline scalar_t act_grad_from_y(scalar_t y, Act a) {
   switch (a) {
     case Act::Relu:
-      return y > scalar_t(0) ? scalar_t(1) : scalar_t(0);
+      return scalar_t(y > scalar_t(0));  // no branch: random signs mispredict
     case Act::Tanh:
       return scalar_t(1) - y * y;
     case Act::Sigmoid:
@@ -36,6 +39,41 @@ inline scalar_t act_grad_from_y(scalar_t y, Act a) {
       return scalar_t(1);
   }
 }
+
+template <Act A>
+using ActTag = std::integral_constant<Act, A>;
+
+// Calls f(ActTag<A>{}) with the activation as a compile-time constant.
+template <typename F>
+inline void dispatch_act(Act a, F&& f) {
+  switch (a) {
+    case Act::Relu:
+      return f(ActTag<Act::Relu>{});
+    case Act::Tanh:
+      return f(ActTag<Act::Tanh>{});
+    case Act::Sigmoid:
+      return f(ActTag<Act::Sigmoid>{});
+    default:
+      return f(ActTag<Act::None>{});
+  }
+}
+
+// gy * act'(u), from y = act(u). For relu a select, which vectorises (a bool->float
+// product or a branch does not, and random signs mispredict).
+template <typename scalar_t>
+inline scalar_t apply_act_grad(scalar_t gy, scalar_t y, Act a) {
+  if (a == Act::Relu) return y > scalar_t(0) ? gy : scalar_t(0);
+  return gy * act_grad_from_y(y, a);
+}
+
+template <typename scalar_t>
+inline scalar_t relu(scalar_t u) {
+  return std::max(u, scalar_t(0));  // NaN propagates, as torch.relu
+}
+
+constexpr int64_t kSmallS = 16;    // below this spatial size, kernels work task by task
+constexpr int64_t kFlushRows = 16;  // rows summed in the input dtype before a double flush
+constexpr int kLanes = 8;           // independent partial sums along a row
 
 // Work items per parallel chunk when each item touches `per_item` elements: at
 // least 32768 elements per chunk (ATen's own GRAIN_SIZE), so that small tensors

@@ -45,7 +45,7 @@ void epilogue_fwd_kernel(const scalar_t* in, int64_t in_st, int64_t in_sn, int64
           const scalar_t v = src[c] + b[c];
           zr[c] = v;
           const scalar_t u = v * g[c] + be[c];
-          yr[c] = kRelu ? (u > scalar_t(0) ? u : scalar_t(0)) : u;
+          yr[c] = kRelu ? relu(u) : u;
         }
       } else {
         for (int64_t c = 0; c < C; ++c) {
@@ -57,7 +57,7 @@ void epilogue_fwd_kernel(const scalar_t* in, int64_t in_st, int64_t in_sn, int64
             const scalar_t v = sp[s] + bc;
             zp[s] = v;
             const scalar_t u = v * gc + bec;
-            yp[s] = kRelu ? (u > scalar_t(0) ? u : scalar_t(0)) : u;
+            yp[s] = kRelu ? relu(u) : u;
           }
         }
       }
@@ -66,53 +66,81 @@ void epilogue_fwd_kernel(const scalar_t* in, int64_t in_st, int64_t in_sn, int64
 }
 
 // Backward. Per (t, c): Sdu = sum du, Sduz = sum du*z over N and S; then
-// dgamma = Sduz, dbeta = Sdu, dbias = gamma * Sdu (= sum dz).
-template <typename scalar_t>
+// dgamma = Sduz, dbeta = Sdu, dbias = gamma * Sdu (= sum dz). Partial sums are kept
+// in scalar_t over at most kFlushRows rows (so the loops vectorise) and added into
+// double accumulators.
+template <typename scalar_t, Act A>
 void epilogue_bwd_kernel(const scalar_t* gy, const scalar_t* y, const scalar_t* z, scalar_t* dz,
                          int64_t T, int64_t N, int64_t C, int64_t S,
-                         const TCVec<scalar_t>& gamma, Act act, scalar_t* dgamma,
-                         scalar_t* dbeta, scalar_t* dbias) {
+                         const TCVec<scalar_t>& gamma, scalar_t* dgamma, scalar_t* dbeta,
+                         scalar_t* dbias) {
   using acc_t = double;
-  if (S < 16) {
-    // Task-major: one task per step, per-channel accumulators, vectorised over C*S.
+  if (S < kSmallS) {
+    // Task-major: one task per step, per-channel accumulators, vectorised over C.
     at::parallel_for(0, T, grain_for(N * C * S), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> sdu(C), sduz(C);
+      std::vector<scalar_t> pdu(C), pduz(C);
+      acc_t* sd = sdu.data();
+      acc_t* sz = sduz.data();
+      scalar_t* pd = pdu.data();
+      scalar_t* pz = pduz.data();
       for (int64_t t = begin; t < end; ++t) {
         std::fill(sdu.begin(), sdu.end(), acc_t(0));
         std::fill(sduz.begin(), sduz.end(), acc_t(0));
         const scalar_t* g = gamma.row(t);
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t off = (t * N + n) * C * S;
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t gc = g[c];
-            acc_t a0 = 0, a1 = 0;
-            for (int64_t s = 0; s < S; ++s) {
-              const int64_t i = off + c * S + s;
-              const scalar_t du = gy[i] * act_grad_from_y(y[i], act);
-              dz[i] = du * gc;
-              a0 += du;
-              a1 += acc_t(du) * acc_t(z[i]);
+        for (int64_t n0 = 0; n0 < N; n0 += kFlushRows) {
+          std::fill(pdu.begin(), pdu.end(), scalar_t(0));
+          std::fill(pduz.begin(), pduz.end(), scalar_t(0));
+          for (int64_t n = n0; n < std::min(N, n0 + kFlushRows); ++n) {
+            const int64_t off = (t * N + n) * C * S;
+            const scalar_t* gyr = gy + off;
+            const scalar_t* yr = y + off;
+            const scalar_t* zr = z + off;
+            scalar_t* dzr = dz + off;
+            if (S == 1) {
+              for (int64_t c = 0; c < C; ++c) {
+                const scalar_t gv = gyr[c], yv = yr[c], zv = zr[c];
+                const scalar_t du = apply_act_grad(gv, yv, A);
+                dzr[c] = du * g[c];
+                pd[c] += du;
+                pz[c] += du * zv;
+              }
+              continue;
             }
-            sdu[c] += a0;
-            sduz[c] += a1;
+            for (int64_t c = 0; c < C; ++c) {
+              const scalar_t gc = g[c];
+              scalar_t a0 = 0, a1 = 0;
+              for (int64_t s = 0; s < S; ++s) {
+                const int64_t i = c * S + s;
+                const scalar_t gv = gyr[i], yv = yr[i], zv = zr[i];
+                const scalar_t du = apply_act_grad(gv, yv, A);
+                dzr[i] = du * gc;
+                a0 += du;
+                a1 += du * zv;
+              }
+              pd[c] += a0;
+              pz[c] += a1;
+            }
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            sd[c] += pd[c];
+            sz[c] += pz[c];
           }
         }
         for (int64_t c = 0; c < C; ++c) {
-          dgamma[t * C + c] = scalar_t(sduz[c]);
-          dbeta[t * C + c] = scalar_t(sdu[c]);
-          dbias[t * C + c] = scalar_t(acc_t(g[c]) * sdu[c]);
+          dgamma[t * C + c] = scalar_t(sz[c]);
+          dbeta[t * C + c] = scalar_t(sd[c]);
+          dbias[t * C + c] = scalar_t(acc_t(g[c]) * sd[c]);
         }
       }
     });
     return;
   }
   // Plane-major: one (t, c) plane of N rows of S contiguous values per step.
-  constexpr int L = 8;
   at::parallel_for(0, T * C, grain_for(N * S), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t t = p / C, c = p % C;
       const scalar_t gc = gamma.row(t)[c];
-      acc_t a0[L] = {0}, a1[L] = {0};
       acc_t r0 = 0, r1 = 0;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t off = ((t * N + n) * C + c) * S;
@@ -120,25 +148,27 @@ void epilogue_bwd_kernel(const scalar_t* gy, const scalar_t* y, const scalar_t* 
         const scalar_t* yp = y + off;
         const scalar_t* zp = z + off;
         scalar_t* dzp = dz + off;
+        scalar_t a0[kLanes] = {0}, a1[kLanes] = {0};
         int64_t s = 0;
-        for (; s + L <= S; s += L) {
-          for (int l = 0; l < L; ++l) {
-            const scalar_t du = gyp[s + l] * act_grad_from_y(yp[s + l], act);
+        for (; s + kLanes <= S; s += kLanes) {
+          for (int l = 0; l < kLanes; ++l) {
+            const scalar_t gv = gyp[s + l], yv = yp[s + l], zv = zp[s + l];
+            const scalar_t du = apply_act_grad(gv, yv, A);
             dzp[s + l] = du * gc;
             a0[l] += du;
-            a1[l] += acc_t(du) * acc_t(zp[s + l]);
+            a1[l] += du * zv;
           }
         }
         for (; s < S; ++s) {
-          const scalar_t du = gyp[s] * act_grad_from_y(yp[s], act);
+          const scalar_t du = apply_act_grad(gyp[s], yp[s], A);
           dzp[s] = du * gc;
           r0 += du;
           r1 += acc_t(du) * acc_t(zp[s]);
         }
-      }
-      for (int l = 0; l < L; ++l) {
-        r0 += a0[l];
-        r1 += a1[l];
+        for (int l = 0; l < kLanes; ++l) {
+          r0 += a0[l];
+          r1 += a1[l];
+        }
       }
       dgamma[p] = scalar_t(r1);
       dbeta[p] = scalar_t(r0);
@@ -187,10 +217,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> epilogue_bwd(
   at::Tensor dbias = at::empty({T, C}, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "mumo_fast_epilogue_bwd", [&] {
     TCVec<scalar_t> g(gamma, C, scalar_t(1));
-    epilogue_bwd_kernel<scalar_t>(gy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                                  z.data_ptr<scalar_t>(), dz.data_ptr<scalar_t>(), T, N, C, S, g,
-                                  act, dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>(),
-                                  dbias.data_ptr<scalar_t>());
+    dispatch_act(act, [&](auto tag) {
+      epilogue_bwd_kernel<scalar_t, decltype(tag)::value>(
+          gy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+          dz.data_ptr<scalar_t>(), T, N, C, S, g, dgamma.data_ptr<scalar_t>(),
+          dbeta.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>());
+    });
   });
   return {dz, dgamma, dbeta, dbias};
 }
