@@ -309,7 +309,7 @@ def environment(backend: str | None) -> dict:
     }
 
 
-def markdown(result: dict, command: str) -> str:
+def markdown(result: dict, command: str, note: str | None = None) -> str:
     env = result["environment"]
     lines = [
         "## Meta-training step (regression, MuMoMAML)",
@@ -334,6 +334,8 @@ def markdown(result: dict, command: str) -> str:
                 f"| {order} | {impl} | {row['tasks_per_s']:.0f} | {row['vs_loop']:.1f}x | "
                 f"{row['vs_vmap']:.2f}x | {'-' if mem is None else f'{mem:.0f}'} | {row['grad_error']:.1e} |"
             )
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -366,6 +368,7 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--out", default="bench/results/cpu_meta_step.json")
     ap.add_argument("--markdown", default=None, help="update this file's meta-step section")
+    ap.add_argument("--note", default=None, help="a paragraph appended to the markdown section")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--first-order-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -416,7 +419,10 @@ def main() -> None:
         json.dump(result, f, indent=1)
     if args.markdown:
         command = "python bench/meta_step.py " + " ".join(sys.argv[1:])
-        update_markdown(args.markdown, markdown(result, command.strip()))
+        command = " ".join(a for a in command.split() if a)
+        if args.note:  # the note is not part of the command to rerun
+            command = command.split(" --note")[0]
+        update_markdown(args.markdown, markdown(result, command, args.note))
 
 
 if __name__ == "__main__":

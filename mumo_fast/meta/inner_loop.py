@@ -24,6 +24,7 @@ Either way the result is exact.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -64,6 +65,11 @@ def _pre_film_grad(gy: Tensor, y: Tensor, gamma: Tensor | None, act: str) -> Ten
         act_grad = activation_grad_from_output(y, act)
         d = gy if act_grad is None else gy * act_grad
     return d if gamma is None else d * gamma.unsqueeze(1)
+
+
+# base network -> whether its FiLMLinear layers form a chain (see _chain); the
+# structure of a network is static, so first-order steps can skip the forward's graph.
+_IS_CHAIN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _weight_grad(d: Tensor, a: Tensor) -> Tensor:
@@ -134,16 +140,28 @@ def inner_step(
     """
     num_tasks = x.shape[0]
     layers = linear_layers(base)
-    out, records = forward(base, fw, x, film, record=True)
-    loss = loss_fn(out, y).sum()
+    # First order on a known chain: the support forward needs no graph at all (only the
+    # loss gradient w.r.t. the output, taken from a detached copy).
+    no_graph = not create_graph and _IS_CHAIN.get(base, False)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not no_graph):
+        out, records = forward(base, fw, x, film, record=True)
     chain = _chain(fw, records, out, layers)
+    if not no_graph:
+        _IS_CHAIN[base] = chain is not None
+    elif chain is None:  # the structure changed after all: redo the step with a graph
+        _IS_CHAIN[base] = False
+        return inner_step(base, fw, film, x, y, loss_fn, lr, clamp, create_graph)
     if chain is not None:
+        if no_graph:
+            out = out.detach().requires_grad_()
+        loss = loss_fn(out, y).sum()
         (g_out,) = torch.autograd.grad(loss, out, create_graph=create_graph)
         with torch.set_grad_enabled(create_graph):
             ds = _chain_pre_film_grads(fw, records, chain, layers, g_out)
         names, params, grads = [], [], []
         dense_layers = [m for m in chain if m not in fw.lowrank]
     else:
+        loss = loss_fn(out, y).sum()
         lr_names = fw.lowrank_names()
         names = [n for n in fw.params if n not in lr_names]
         lr_layers = list(fw.lowrank)
