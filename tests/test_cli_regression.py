@@ -145,6 +145,10 @@ def test_bad_run_folders_and_choices(runs, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "regression", "--out", str(film), "--resume", "--method", "maml"]) == 2
     assert "started with method='mumomaml'" in capsys.readouterr().err
+    assert (
+        main(["train", "regression", "--out", str(film), "--resume", "--tasks-per-mode", "9"]) == 2
+    )
+    assert "started with tasks_per_mode=2" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["train", "regression", "--modes", "4", "--out", str(tmp_path)])
     assert e.value.code == 2

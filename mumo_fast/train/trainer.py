@@ -186,6 +186,7 @@ class Trainer:
         )  # fmt: skip
         try:
             start = tic = time.perf_counter()
+            tic_iteration = self.iteration
             out_of_time = False
             while self.iteration < s.iterations and self._stop is None and not out_of_time:
                 stats = self.step()
@@ -194,8 +195,8 @@ class Trainer:
                 it = self.iteration
                 if it % s.log_every == 0 or it == s.iterations:
                     now = time.perf_counter()
-                    logger.log(it, **stats, sec_per_iter=(now - tic) / s.log_every)
-                    tic = now
+                    logger.log(it, **stats, sec_per_iter=(now - tic) / (it - tic_iteration))
+                    tic, tic_iteration = now, it
                 if self.validate and s.validate_every and it % s.validate_every == 0:
                     logger.log(
                         it, **{f"val/{k}": v for k, v in self.validate(self.learner).items()}

@@ -79,6 +79,12 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 raise UsageError(
                     f"--resume: this run was started with {key}={run[key]!r}, not {value!r}"
                 )
+        for key in ("tasks_per_mode", "test_tasks_per_mode"):
+            value = getattr(args, key)
+            if value is not None and value != run["data"][key]:
+                raise UsageError(
+                    f"--resume: this run was started with {key}={run['data'][key]}, not {value}"
+                )
         if args.iterations is not None:
             run["train"]["iterations"] = args.iterations
     else:
