@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, FileNotFoundError, ValueError) as e:
         print(f"mumo-fast: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training (which saves a checkpoint first)
+        print("mumo-fast: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
