@@ -369,6 +369,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/cpu_meta_step.json")
     ap.add_argument("--markdown", default=None, help="update this file's meta-step section")
     ap.add_argument("--note", default=None, help="a paragraph appended to the markdown section")
+    ap.add_argument(
+        "--render", default=None, metavar="JSON", help="only write --markdown from a results file"
+    )
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--first-order-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -376,6 +379,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, args.first_order_child, args.tasks, args.backend)
+        return
+    if args.render:
+        with open(args.render) as f:
+            result = json.load(f)
+        update_markdown(args.markdown, markdown(result, result["command"], args.note))
         return
     impls = [i for i in args.impls.split(",") if i]
     if "loop" not in impls:
@@ -414,15 +422,15 @@ def main() -> None:
             )
         result["results"][order] = rows
     result["environment"]["loadavg_at_end"] = os.getloadavg()
+    argv = sys.argv[1:]
+    if "--note" in argv:  # the note is not part of the command to rerun
+        argv = argv[: argv.index("--note")] + argv[argv.index("--note") + 2 :]
+    result["command"] = "python bench/meta_step.py " + " ".join(argv)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     if args.markdown:
-        command = "python bench/meta_step.py " + " ".join(sys.argv[1:])
-        command = " ".join(a for a in command.split() if a)
-        if args.note:  # the note is not part of the command to rerun
-            command = command.split(" --note")[0]
-        update_markdown(args.markdown, markdown(result, command, args.note))
+        update_markdown(args.markdown, markdown(result, result["command"], args.note))
 
 
 if __name__ == "__main__":
