@@ -92,6 +92,18 @@ def test_resume_extends_and_init_from(runs, tmp_path):
     assert (new / "model.pt").is_file()
 
 
+def test_cli_resume_reproduces_uninterrupted_run(tmp_path):
+    common = ["--tasks-per-mode", "2", "--quiet", "--no-tensorboard", "--skip-eval"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(["train", "regression", "--out", str(whole), "--iterations", "6", *common]) == 0
+    assert main(["train", "regression", "--out", str(split), "--iterations", "3", *common]) == 0
+    args = ["train", "regression", "--out", str(split), "--resume", "--iterations", "6", *common]
+    assert main(args) == 0
+    a = torch.load(whole / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(split / "model.pt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tmp_path):
     run = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "mumo_fast.cli", "train", "regression", "--out", str(run),
