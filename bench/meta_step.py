@@ -50,6 +50,7 @@ from mumo_fast.meta import MetaLearner, TaskBatch  # noqa: E402
 
 IMPLS = ("mumo_auto", "mumo_lowrank", "mumo_dense", "loop", "vmap", "higher")
 STEPS, LR, K, Q = 5, 1e-3, 5, 10
+METHOD = "mumomaml"  # --method maml: the base network alone (no encoder, no FiLM)
 
 
 def make_batch(t: int, seed: int = 0) -> TaskBatch:
@@ -73,7 +74,7 @@ def make_learner(fast_weights: str, first_order: bool, backend: str | None = Non
     return MetaLearner.from_config(
         {
             "base": "mlp",
-            "method": "mumomaml",
+            "method": METHOD,
             "modulation": "film",
             "inner_steps": STEPS,
             "inner_lr": LR,
@@ -86,16 +87,25 @@ def make_learner(fast_weights: str, first_order: bool, backend: str | None = Non
 
 # ---------------------------------------------------------------- baselines
 def film_of(learner: MetaLearner, batch: TaskBatch):
+    if learner.method == "maml":
+        return None
     return learner.modulation(learner.encoder(batch.support_x, batch.support_y))
 
 
 def mlp(params: dict, x, film):
     """The base net in plain torch ops. params: hidden.{i}.weight/bias, out.weight/bias."""
-    for i, (gamma, beta) in enumerate(film):
-        x = torch.relu(
-            F.linear(x, params[f"hidden.{i}.weight"], params[f"hidden.{i}.bias"]) * gamma + beta
-        )
+    i = 0
+    while f"hidden.{i}.weight" in params:
+        x = F.linear(x, params[f"hidden.{i}.weight"], params[f"hidden.{i}.bias"])
+        if film is not None:
+            x = x * film[i][0] + film[i][1]
+        x = torch.relu(x)
+        i += 1
     return F.linear(x, params["out.weight"], params["out.bias"])
+
+
+def per_task(film, t: int):
+    return None if film is None else [(g[t], b[t]) for g, b in film]
 
 
 def loop_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> float:
@@ -104,7 +114,7 @@ def loop_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> floa
     names = list(base)
     total = 0.0
     for t in range(batch.num_tasks):
-        f = [(g[t], b[t]) for g, b in film]
+        f = per_task(film, t)
         params = [base[n] for n in names]
         for _ in range(STEPS):
             loss = F.mse_loss(
@@ -135,7 +145,8 @@ def vmap_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> floa
             params = {k: params[k] - LR * g[k] for k in params}
         return F.mse_loss(mlp(params, qx, f), qy)
 
-    losses = torch.func.vmap(task, in_dims=(None, 0, 0, 0, 0, 0))(
+    film_dim = None if film is None else 0
+    losses = torch.func.vmap(task, in_dims=(None, film_dim, 0, 0, 0, 0))(
         base, film, batch.support_x, batch.support_y, batch.query_x, batch.query_y
     )
     loss = losses.mean()
@@ -155,8 +166,11 @@ class FiLMMLPModule(nn.Module):
             mine.weight, mine.bias = theirs.weight, theirs.bias
 
     def forward(self, x, film):
-        for layer, (gamma, beta) in zip(self.hidden, film):
-            x = torch.relu(layer(x) * gamma + beta)
+        for i, layer in enumerate(self.hidden):
+            x = layer(x)
+            if film is not None:
+                x = x * film[i][0] + film[i][1]
+            x = torch.relu(x)
         return self.out(x)
 
 
@@ -169,7 +183,7 @@ def higher_step(learner: MetaLearner, batch: TaskBatch, first_order: bool, modul
     callback = (lambda gs: [g.detach() for g in gs]) if first_order else None
     total = 0.0
     for t in range(batch.num_tasks):
-        f = [(g[t], b[t]) for g, b in film]
+        f = per_task(film, t)
         with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
             for _ in range(STEPS):
                 diffopt.step(
@@ -273,6 +287,7 @@ def peak_memory(
     impl: str, first_order: bool, tasks: int, backend: str | None, threads: int | None
 ) -> float:
     cmd = [sys.executable, __file__, "--memory-child", impl, "--tasks", str(tasks)]
+    cmd += ["--method", METHOD]
     if backend:
         cmd += ["--backend", backend]
     if threads:
@@ -311,10 +326,16 @@ def environment(backend: str | None) -> dict:
 
 def markdown(result: dict, command: str, note: str | None = None) -> str:
     env = result["environment"]
+    if result.get("method", "mumomaml") == "maml":
+        title = "## Meta-training step (regression, MAML: the base network alone)"
+        model = "MLP 1-100-100-100-1, no encoder, no modulation"
+    else:
+        title = "## Meta-training step (regression, MuMoMAML)"
+        model = "MLP 1-100-100-100-1 with FiLM, bi-GRU encoder, MLP modulation heads"
     lines = [
-        "## Meta-training step (regression, MuMoMAML)",
+        title,
         "",
-        "Three-mode regression (MLP 1-100-100-100-1 with FiLM, bi-GRU encoder, MLP modulation heads), "
+        f"Three-mode regression data ({model}), "
         f"T={result['tasks']}, K={K}, {Q} query points, {STEPS} inner steps, full meta-gradient, "
         "optimizer step excluded. Tasks/s from the median of "
         f"{result['repeats']} round-robin repeats; speedups are ratios measured in the same run. "
@@ -362,6 +383,7 @@ def main() -> None:
     ap.add_argument("--orders", default="second,first")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--method", default="mumomaml", choices=("mumomaml", "maml"))
     ap.add_argument(
         "--backend", default=None, help="ops backend of mumo_fast's layers (default: auto)"
     )
@@ -377,6 +399,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global METHOD
+    METHOD = args.method
     if args.memory_child:
         memory_child(args.memory_child, args.first_order_child, args.tasks, args.backend)
         return
