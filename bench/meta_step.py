@@ -414,6 +414,7 @@ def main() -> None:
         raise SystemExit("--impls must include loop (the reference for ratios and gradients)")
     batch = make_batch(args.tasks)
     result = {
+        "method": args.method,
         "tasks": args.tasks,
         "repeats": args.repeats,
         "environment": environment(args.backend),
