@@ -34,8 +34,8 @@ COMMON: dict[str, Any] = {
     "inner_steps": 5,
     "eval_steps": None,  # None: inner_steps
     "inner_lr": 0.001,
-    "learn_inner_lr": False,
-    "inner_grad_clamp": None,
+    "learn_inner_lr": False,  # True: one learnable scalar per base parameter tensor, init inner_lr
+    "inner_grad_clamp": None,  # element-wise clamp of every inner gradient (exact with low-rank)
     "first_order": False,
     "loss": None,  # None: "mse" for mlp, "cross_entropy" for conv4
     "fast_weights": "auto",
