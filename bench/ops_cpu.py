@@ -134,7 +134,7 @@ def max_rel_error(got, want) -> float:
     )
 
 
-def run_case(case, modes, backends, repeats: int, threads: int) -> list[dict]:
+def run_case(case, modes, backends, repeats: int, threads: int, min_time: float) -> list[dict]:
     op, label, weights, make = case
     gen = torch.Generator().manual_seed(0)
     fn, args = make(gen)
@@ -146,12 +146,16 @@ def run_case(case, modes, backends, repeats: int, threads: int) -> list[dict]:
         run = closures[mode]
         want = run("reference")
         errors = {b: max_rel_error(run(b), want) for b in backends}  # also warms up
+        # calls per measurement: enough for ~min_time s, so that fast ops are not timer noise
+        t0 = time.perf_counter()
+        run("reference")
+        number = max(1, int(min_time / max(time.perf_counter() - t0, 1e-9)))
         times: dict[str, list[float]] = {b: [] for b in backends}
         for rep in range(repeats):
             order = backends[rep % len(backends) :] + backends[: rep % len(backends)]
             for b in order:
                 timer = Timer("run(b)", globals={"run": run, "b": b}, num_threads=threads)
-                times[b].append(timer.timeit(1).median)
+                times[b].append(timer.timeit(number).median)
         ref = median(times["reference"])
         for b in backends:
             med = median(times[b])
@@ -250,6 +254,10 @@ def main() -> None:
     ap.add_argument("--ops", nargs="*", default=None, help="only these ops (e.g. film_conv2d)")
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement")
+    ap.add_argument(
+        "--merge", action="store_true", help="keep the JSON's rows of cases not re-measured"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", default="bench/results/cpu_ops.json")
     ap.add_argument("--markdown", default=None, help="update this file's CPU ops section")
@@ -265,12 +273,32 @@ def main() -> None:
     for case in all_cases():
         if args.ops and case[0] not in args.ops:
             continue
-        rows += run_case(case, args.modes, tuple(args.backends), args.repeats, threads)
+        rows += run_case(
+            case, args.modes, tuple(args.backends), args.repeats, threads, args.min_time
+        )
     command = "python " + " ".join(sys.argv)
+    if args.merge and os.path.exists(args.json):
+        with open(args.json) as f:
+            old = json.load(f)
+        done = {(r["op"], r["shape"], r["weights"], r["mode"]) for r in rows}
+        kept = [
+            r for r in old["results"] if (r["op"], r["shape"], r["weights"], r["mode"]) not in done
+        ]
+        order = [(c[0], c[1], c[2]) for c in all_cases()]
+        rows = sorted(
+            kept + rows,
+            key=lambda r: (
+                order.index((r["op"], r["shape"], r["weights"])),
+                MODES.index(r["mode"]),
+                BACKENDS.index(r["backend"]),
+            ),
+        )
+        command = old["command"] + " && " + command
     result = {
         "environment": env,
         "command": command,
         "repeats": args.repeats,
+        "min_time_s": args.min_time,
         "backends": list(args.backends),
         "wall_s": time.time() - start,
         "results": rows,

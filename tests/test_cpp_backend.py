@@ -226,3 +226,26 @@ def test_build_failure_warns_once_and_auto_falls_back(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("OK")
+
+
+@pytest.mark.parametrize("clamp", [None, 0.8])
+def test_clamped_sgd_matches_reference_to_second_order(clamp):
+    from torch.autograd import gradcheck, gradgradcheck
+
+    from mumo_fast import ops
+
+    dtype = torch.float64
+    p0, g0 = (_rand(3, 4, 5, dtype=dtype).requires_grad_() for _ in range(2))
+    p1, g1 = (_rand(7, dtype=dtype).requires_grad_() for _ in range(2))
+    lr = torch.tensor(0.3, dtype=dtype, requires_grad=True)
+
+    def f(backend):
+        return lambda a, b, c, d, e: ops.clamped_sgd(
+            [a, b], [c, d], [e, 0.2], clamp, backend=backend
+        )
+
+    args = (p0, p1, g0, g1, lr)
+    for got, want in zip(f("cpp")(*args), f("reference")(*args)):
+        torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    assert gradcheck(f("cpp"), args)
+    assert gradgradcheck(f("cpp"), args)
