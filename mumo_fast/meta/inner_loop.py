@@ -60,7 +60,9 @@ def _pre_film_grad(gy: Tensor, y: Tensor, gamma: Tensor | None, act: str) -> Ten
     """D = dL/dz from dL/dy for y = act(z * gamma + beta)."""
     if act == "relu":
         # relu's own backward: one differentiable op instead of compare, cast and multiply.
-        d = torch.ops.aten.threshold_backward(gy, y, 0)
+        # y only supplies the mask, whose derivative is 0: detaching it is exact and spares
+        # the meta-backward a zeros_like and an accumulation per call.
+        d = torch.ops.aten.threshold_backward(gy, y.detach(), 0)
     else:
         act_grad = activation_grad_from_output(y, act)
         d = gy if act_grad is None else gy * act_grad
