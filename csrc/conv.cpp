@@ -1,7 +1,7 @@
 // conv_fwd: convolution through ATen, then the fused epilogue writing z and y.
 // Per-task weights: a loop over tasks (one conv per task, epilogue straight from
 // its output) or one grouped convolution ([N, T*C, H, W], groups=T); which one
-// is chosen by pick_grouped() from measurements (bench/ops_cpu.py).
+// is chosen by pick_grouped() from measurements.
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -18,15 +18,15 @@ bool pick_grouped(int64_t T, int64_t N, int64_t C, int64_t S_in) {
     if (std::string(env) == "grouped") return true;
     if (std::string(env) == "loop") return false;
   }
-  // Measured on the 2-core Xeon of BENCHMARKS.md (torch 2.13, T=32, N=80, 3x3 stride 2):
-  // the grouped conv beat the loop at every Omniglot shape (forward: 1->64 at 28x28
-  // 574 vs 1834 ms, 64->64 at 14x14 507 vs 1049 ms, 7x7 117 vs 2856 ms; 4x4 104 vs 321
-  // ms, on a loaded machine).
+  // Measured on the 2-core Xeon of BENCHMARKS.md (torch 2.13, 1 thread, T=32, N=80,
+  // 3x3 stride 2): the loop beat the grouped conv (which also pays two transposing
+  // copies) at every Omniglot shape: forward 1->64 at 28x28 297-472 vs 518 ms, 64->64
+  // at 14x14 231 vs 527 ms, 7x7 51 vs 124 ms, 4x4 17-20 vs 21-23 ms.
   (void)T;
   (void)N;
   (void)C;
   (void)S_in;
-  return true;
+  return false;
 }
 
 }  // namespace
