@@ -249,3 +249,35 @@ def test_clamped_sgd_matches_reference_to_second_order(clamp):
         torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
     assert gradcheck(f("cpp"), args)
     assert gradgradcheck(f("cpp"), args)
+
+
+def test_conv_input_weight_grads_matches_grouped_to_second_order():
+    from torch.autograd import gradcheck, gradgradcheck
+
+    from mumo_fast.ops.functions import _conv_input_weight_grads
+
+    dtype = torch.float64
+    t, n, c, o = 3, 2, 2, 3
+    x = _rand(t, n, c, 6, 5, dtype=dtype).requires_grad_()
+    for w in (_rand(t, o, c, 3, 2, dtype=dtype), _rand(o, c, 3, 2, dtype=dtype)):
+        w.requires_grad_()
+        dz = _rand(t, n, o, 3, 6, dtype=dtype).requires_grad_()
+        args = (dz, x, w, (2, 1), (1, 1))
+        for need in ((True, True), (False, True), (True, False)):
+            got = cpp.conv_input_weight_grads(*args, *need)
+            want = _conv_input_weight_grads(*args, *need)
+            for g, e in zip(got, want):
+                assert (g is None) == (e is None)
+                if e is not None:
+                    torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+    # second order on a small per-task case (gradgradcheck cost grows fast with size)
+    xs = _rand(2, 1, 1, 4, 3, dtype=dtype).requires_grad_()
+    ws = _rand(2, 2, 1, 2, 2, dtype=dtype).requires_grad_()
+    dzs = _rand(2, 1, 2, 3, 4, dtype=dtype).requires_grad_()
+
+    def f(dz_, x_, w_):
+        return cpp.conv_input_weight_grads(dz_, x_, w_, (2, 1), (1, 1), True, True)
+
+    assert gradcheck(f, (dzs, xs, ws))
+    assert gradgradcheck(f, (dzs, xs, ws))
