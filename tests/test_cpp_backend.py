@@ -251,7 +251,7 @@ def test_clamped_sgd_matches_reference_to_second_order(clamp):
     assert gradgradcheck(f("cpp"), args)
 
 
-def test_conv_input_weight_grads_matches_grouped_to_second_order():
+def test_conv_backward_task_loop_matches_grouped_to_second_order():
     from torch.autograd import gradcheck, gradgradcheck
 
     from mumo_fast.ops.functions import _conv_input_weight_grads
@@ -264,7 +264,7 @@ def test_conv_input_weight_grads_matches_grouped_to_second_order():
         dz = _rand(t, n, o, 3, 6, dtype=dtype).requires_grad_()
         args = (dz, x, w, (2, 1), (1, 1))
         for need in ((True, True), (False, True), (True, False)):
-            got = cpp.conv_input_weight_grads(*args, *need)
+            got = _conv_input_weight_grads(*args, *need, loop_tasks=True)
             want = _conv_input_weight_grads(*args, *need)
             for g, e in zip(got, want):
                 assert (g is None) == (e is None)
@@ -277,7 +277,7 @@ def test_conv_input_weight_grads_matches_grouped_to_second_order():
     dzs = _rand(2, 1, 2, 3, 4, dtype=dtype).requires_grad_()
 
     def f(dz_, x_, w_):
-        return cpp.conv_input_weight_grads(dz_, x_, w_, (2, 1), (1, 1), True, True)
+        return _conv_input_weight_grads(dz_, x_, w_, (2, 1), (1, 1), True, True, loop_tasks=True)
 
     assert gradcheck(f, (dzs, xs, ws))
     assert gradgradcheck(f, (dzs, xs, ws))

@@ -62,17 +62,26 @@ def test_maml_mlp(backend):
 
 
 def test_maml_conv_bn(backend):
+    # weights scaled so that 3 inner steps stay well conditioned for every draw (batch norm
+    # over 4 images can otherwise amplify the inner steps into overflow)
     t, c, o, n = 2, 2, 3, 4
+
+    def small(*shape):
+        return (0.3 * rand(*shape, dtype=F64)).requires_grad_()
+
+    def near_one(*shape):
+        return (1 + 0.2 * rand(*shape, dtype=F64)).requires_grad_()
+
     params = [
-        rand(t, o, c, 3, 3, dtype=F64, grad=True),
-        rand(t, o, dtype=F64, grad=True),
-        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(),
-        rand(t, o, dtype=F64, grad=True),
-        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(),
-        rand(t, o, dtype=F64, grad=True),
-        (1 + 0.3 * rand(t, o, dtype=F64)).requires_grad_(),
-        rand(t, o, dtype=F64, grad=True),
-        rand(t, 2, o * 9, dtype=F64, grad=True),
+        small(t, o, c, 3, 3),
+        small(t, o),
+        near_one(t, o),
+        small(t, o),
+        near_one(t, o),
+        small(t, o),
+        near_one(t, o),
+        small(t, o),
+        small(t, 2, o * 9),
     ]
     data = [
         rand(t, n, c, 5, 5, dtype=F64, grad=True),
@@ -80,9 +89,10 @@ def test_maml_conv_bn(backend):
         rand(t, n + 1, c, 5, 5, dtype=F64, grad=True),
         rand(t, n + 1, 2, dtype=F64),
     ]
-    want = _maml_meta_grads("reference", _cnn, params, *data, steps=3, lr=0.05)
-    got = _maml_meta_grads(backend, _cnn, params, *data, steps=3, lr=0.05)
+    want = _maml_meta_grads("reference", _cnn, params, *data, steps=3, lr=0.02)
+    got = _maml_meta_grads(backend, _cnn, params, *data, steps=3, lr=0.02)
     for gw, gg in zip(want, got):
+        assert torch.isfinite(gw).all()
         torch.testing.assert_close(gg, gw, rtol=1e-8, atol=1e-10)
 
 

@@ -244,27 +244,32 @@ class FilmLinearLowRankFunction(Function):
         )
 
 
-def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w):
+def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w, loop_tasks=False):
     """Differentiable grads of z = conv(x, weight) in the task layout, via
-    aten.convolution_backward (which has its own double-backward formula)."""
+    aten.convolution_backward (which has its own double-backward formula). Per-task
+    weights: one grouped call, or with ``loop_tasks`` one call per task (a backend's
+    choice, ``PER_TASK_CONV_LOOP``: on CPU the loop measured faster)."""
     t, n, c, h, w = x.shape
     mask = [bool(need_x), bool(need_w), False]
+    args = (list(stride), list(padding), [1, 1], False, [0, 0])
     if weight.dim() == 4:
         dx, dw, _ = torch.ops.aten.convolution_backward(
             dz.reshape(t * n, *dz.shape[2:]),
             x.reshape(t * n, c, h, w),
             weight,
             None,
-            list(stride),
-            list(padding),
-            [1, 1],
-            False,
-            [0, 0],
+            *args,
             1,
             mask,
         )
-        if dx is not None:
-            dx = dx.reshape(t, n, c, h, w)
+        return (None if dx is None else dx.reshape(x.shape)), dw
+    if loop_tasks:
+        outs = [
+            torch.ops.aten.convolution_backward(dz[i], x[i], weight[i], None, *args, 1, mask)
+            for i in range(t)
+        ]
+        dx = torch.stack([o[0] for o in outs]) if need_x else None
+        dw = torch.stack([o[1] for o in outs]) if need_w else None
         return dx, dw
     o = weight.shape[1]
     dx, dw, _ = torch.ops.aten.convolution_backward(
@@ -272,11 +277,7 @@ def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w):
         x.transpose(0, 1).reshape(n, t * c, h, w),
         weight.reshape(t * o, *weight.shape[2:]),
         None,
-        list(stride),
-        list(padding),
-        [1, 1],
-        False,
-        [0, 0],
+        *args,
         t,
         mask,
     )
@@ -338,6 +339,7 @@ class FilmConv2dFunction(Function):
             ctx.padding,
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
+            getattr(ctx.backend, "PER_TASK_CONV_LOOP", False),
         )
         has_bias, has_gamma, has_beta = ctx.has
         if has_bias and dbias is not None and ctx.bias_shared:
