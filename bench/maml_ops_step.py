@@ -36,6 +36,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _report import cpu_name, update_markdown  # noqa: E402
+
 from mumo_fast import ops  # noqa: E402
 
 SIZES = (1, 100, 100, 100, 1)
@@ -156,7 +158,7 @@ def main() -> None:
             flush=True,
         )
     env = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -176,15 +178,7 @@ def main() -> None:
         json.dump(result, f, indent=1)
     print(f"wrote {args.json}")
     if args.markdown:
-        _update_markdown(args.markdown, _markdown(result))
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        return platform.processor()
+        update_markdown(args.markdown, _markdown(result))
 
 
 def _markdown(result: dict) -> str:
@@ -209,18 +203,6 @@ def _markdown(result: dict) -> str:
             f"{row['speedup_vs_loop']:.1f}x | {row['max_rel_grad_error_vs_loop']:.1e} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _update_markdown(path: str, section: str) -> None:
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if SECTION_TITLE in text:
-        s = text.index(SECTION_TITLE)
-        nxt = text.find("\n## ", s + len(SECTION_TITLE))
-        text = text[:s] + section + ("" if nxt < 0 else text[nxt:])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
 
 
 if __name__ == "__main__":

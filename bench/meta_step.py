@@ -46,6 +46,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _report import cpu_name, update_markdown  # noqa: E402
+
 from mumo_fast.meta import MetaLearner, TaskBatch  # noqa: E402
 
 IMPLS = ("mumo_auto", "mumo_lowrank", "mumo_dense", "loop", "vmap", "higher")
@@ -299,12 +301,7 @@ def peak_memory(
 
 
 def environment(backend: str | None) -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     try:
         import higher
@@ -358,19 +355,6 @@ def markdown(result: dict, command: str, note: str | None = None) -> str:
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
-
-
-def update_markdown(path: str, section: str) -> None:
-    title = section.splitlines()[0]
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if title in text:
-        start = text.index(title)
-        nxt = text.find("\n## ", start + len(title))
-        text = text[:start] + section + ("" if nxt < 0 else text[nxt:])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _report import cpu_name, update_markdown  # noqa: E402
+
 from mumo_fast import ops  # noqa: E402
 
 BACKENDS = ("reference", "eager", "cpp")
@@ -177,12 +179,7 @@ def run_case(case, modes, backends, repeats: int, threads: int, min_time: float)
 
 
 def environment() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     from mumo_fast.ops.backends import cpp
 
     return {
@@ -233,19 +230,6 @@ def markdown(result: dict) -> str:
             cells += [f"{by[b]['median_ms']:.2f}", f"{by[b]['speedup_vs_reference']:.2f}x"]
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def update_markdown(path: str, section: str) -> None:
-    """Replace this script's section of ``path`` (or append it); other sections stay."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if SECTION_TITLE in text:
-        start = text.index(SECTION_TITLE)
-        nxt = text.find("\n## ", start + len(SECTION_TITLE))
-        text = text[:start] + section + ("" if nxt < 0 else text[nxt:])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def main() -> None:

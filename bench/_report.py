@@ -1,0 +1,31 @@
+"""What every CPU benchmark script records: the machine, and its section of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def update_markdown(path: str, section: str) -> None:
+    """Replace the section of ``path`` whose heading is ``section``'s first line (or append
+    it); every other section stays as it is."""
+    title = section.splitlines()[0]
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    if title in text:
+        start = text.index(title)
+        nxt = text.find("\n## ", start + len(title))
+        text = text[:start] + section + ("" if nxt < 0 else text[nxt:])
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(text)
