@@ -353,7 +353,9 @@ class FilmConv2dFunction(_Function):
             ctx.padding,
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
-            getattr(ctx.backend, "PER_TASK_CONV_LOOP", False),
+            # the task loop measured faster for the first backward only; its double backward
+            # (one convolution_backward per task) was 2x slower than the grouped call's
+            getattr(ctx.backend, "PER_TASK_CONV_LOOP", False) and not torch.is_grad_enabled(),
         )
         has_bias, has_gamma, has_beta = ctx.has
         if has_bias and dbias is not None and ctx.bias_shared:
