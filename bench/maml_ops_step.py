@@ -24,7 +24,6 @@ loop (max relative error per tensor).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _report import cpu_name, update_markdown  # noqa: E402
+from _report import cpu_name, update_markdown, write_json  # noqa: E402
 
 from mumo_fast import ops  # noqa: E402
 
@@ -173,10 +172,7 @@ def main() -> None:
         "wall_s": time.time() - start,
         "results": rows,
     }
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.json}")
+    write_json(args.json, result)
     if args.markdown:
         update_markdown(args.markdown, _markdown(result))
 

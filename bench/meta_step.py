@@ -46,7 +46,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _report import cpu_name, update_markdown  # noqa: E402
+from _report import cpu_name, update_markdown, write_json  # noqa: E402
 
 from mumo_fast.meta import MetaLearner, TaskBatch  # noqa: E402
 
@@ -435,9 +435,7 @@ def main() -> None:
     if "--note" in argv:  # the note is not part of the command to rerun
         argv = argv[: argv.index("--note")] + argv[argv.index("--note") + 2 :]
     result["command"] = "python bench/meta_step.py " + " ".join(argv)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(args.out, result)
     if args.markdown:
         update_markdown(args.markdown, markdown(result, result["command"], args.note))
 
