@@ -111,27 +111,57 @@ def test_dense_and_lowrank_meta_gradients_identical():
         assert_grads_equal(results[fw][1], results["dense"][1])
 
 
-@pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
-def test_clamp_matches_loop(fast_weights, monkeypatch):
-    # inner lr large enough for the clamp to matter; 0.5 binds for some layers, not all:
-    # low-rank layers whose clamp binds switch to dense mid-loop, the others stay low-rank.
+@pytest.mark.parametrize(
+    "fast_weights,rank_fraction", [("dense", 1.0), ("lowrank", 1.0), ("lowrank", 1e3)]
+)
+def test_clamp_matches_loop(fast_weights, rank_fraction, monkeypatch):
+    # inner lr large enough for the clamp to matter; 0.5 binds for some layers, not all.
+    # rank_fraction 1: most binding low-rank layers need too much rank for the correction
+    # and switch to dense mid-loop; 1e3: they all keep the low-rank correction.
     seen = []
-    original = inner_loop._clamp_binds
+    original = inner_loop._clamp_correction
 
     def spy(*args):
-        seen.append(original(*args))
-        return seen[-1]
+        out = original(*args)
+        seen.append("none" if out is None else "dense" if out is False else "lowrank")
+        return out
 
-    monkeypatch.setattr(inner_loop, "_clamp_binds", spy)
+    monkeypatch.setattr(inner_loop, "_clamp_correction", spy)
+    monkeypatch.setattr(inner_loop, "CLAMP_RANK_FRACTION", rank_fraction)
     learner = make(mlp_cfg(inner_grad_clamp=0.5, fast_weights=fast_weights, inner_lr=0.1))
     batch = regression_batch()
     check_against_loop(learner, batch)
     if fast_weights == "lowrank":
-        assert True in seen and False in seen
+        expected = {"none", "dense"} if rank_fraction == 1.0 else {"none", "lowrank"}
+        assert expected <= set(seen), seen
     unclamped = make(mlp_cfg(fast_weights=fast_weights, inner_lr=0.1))
     a = learner.meta_train_step(batch)["loss"]
     b = unclamped.meta_train_step(batch)["loss"]
     assert abs(a - b) > 1e-6  # the clamp did bind
+
+
+@pytest.mark.parametrize("by", ["rows", "cols"])
+def test_clamp_correction_is_the_clamp_excess(by):
+    """v^T u of the correction equals lr * (G - clamp(G)) for every task, including tasks
+    where fewer rows (columns) bind than the padded rank, or none at all."""
+    g = torch.Generator().manual_seed(4)
+    t, k, o, i, clamp, lr = 6, 3, 17, 23, 1.0, 0.3
+    d = torch.randn(t, k, o, generator=g, dtype=torch.float64) * 0.2
+    a = torch.randn(t, k, i, generator=g, dtype=torch.float64) * 0.2
+    # large entries in a few rows of D (binding rows) or columns of A (binding columns)
+    big = d if by == "rows" else a
+    big[0, :, 2] *= 40
+    big[0, :, 5] *= 40
+    big[3, :, 7] *= 40
+    u, v = inner_loop._clamp_correction(d, a, clamp, lr, rank=k)
+    assert u.shape[1] == 2  # rank added: the most binding rows (columns) of any task
+    one_hot = v if by == "rows" else u
+    assert bool(((one_hot == 0) | (one_hot == 1)).all())
+    full = torch.bmm(d.transpose(1, 2), a)
+    torch.testing.assert_close(
+        torch.bmm(v.transpose(1, 2), u), lr * (full - full.clamp(-clamp, clamp)), **F64
+    )
+    assert inner_loop._clamp_correction(d * 1e-3, a, clamp, lr, rank=k) is None
 
 
 def test_clamp_that_never_binds_keeps_lowrank_exact():

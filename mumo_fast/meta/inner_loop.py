@@ -16,10 +16,15 @@ get the D's, both exact to any order:
 * generic: one ``autograd.grad`` call w.r.t. every dense parameter and every low-rank
   layer's output ``y``, then ``D = dL/dy * act'(y) * gamma``.
 
-With an inner-gradient clamp the clamped gradient is no longer ``D^T A``; the step
-checks (exactly, in no-grad) whether the clamp binds anywhere in a low-rank layer, and
-if it does, that layer switches to dense per-task weights ``W + v^T u`` from then on.
-Either way the result is exact.
+With an inner-gradient clamp the clamped gradient is no longer ``D^T A``, but
+``clamp(G) = G - E`` where the excess ``E = G - clamp(G)`` is zero wherever the clamp
+does not bind. Where it binds, it binds in a few rows (or columns) of a few tasks'
+``G``, so ``E`` is added to the low-rank factors exactly as a few more rank-1 terms:
+one per binding row ``o`` (``v = e_o``, ``u = lr * E[o, :]``), padded per task with
+rows where it does not bind (whose excess is exactly zero), or the same by columns,
+whichever adds less rank. Only when that would make the factors larger than a dense
+weight does the layer switch to dense per-task weights ``W + v^T u``. Every form is
+exact to any order: which entries bind is piecewise constant, as in ``clamp`` itself.
 """
 
 from __future__ import annotations
@@ -39,21 +44,59 @@ LossFn = Callable[[Tensor, Tensor], Tensor]  # (output [T, N, ...], target) -> p
 LrFn = Callable[[str], "float | Tensor"]
 
 
-def _clamp_binds(d: Tensor, a: Tensor, clamp: float, has_bias: bool) -> bool:
-    """Whether ``clamp`` binds anywhere in the inner gradient ``D^T A`` (or the bias
-    gradient ``sum_k D``) of a low-rank layer. A cheap per-task upper bound on
-    ``|D^T A|`` (the smaller of ``max_o sum_k |D| * max |A|`` and, by Cauchy-Schwarz,
-    ``max_o ||D_o|| * max_i ||A_i||``) settles most steps without forming ``D^T A``."""
+def _clamp_may_bind(d: Tensor, a: Tensor, clamp: float) -> bool:
+    """Whether ``clamp`` may bind anywhere in the inner gradient ``D^T A`` of a low-rank
+    layer: a cheap per-task upper bound on ``|D^T A|`` (the smaller of
+    ``max_o sum_k |D| * max |A|`` and, by Cauchy-Schwarz, ``max_o ||D_o|| * max_i ||A_i||``)
+    settles most steps without forming ``D^T A``."""
     with torch.no_grad():
-        if has_bias and d.sum(1).abs().amax() >= clamp:
-            return True
-        d_abs, a_abs = d.abs(), a.abs()
-        bound1 = d_abs.sum(1).amax(1) * a_abs.amax(dim=(1, 2))
+        bound1 = d.abs().sum(1).amax(1) * a.abs().amax(dim=(1, 2))
         # (vector_norm over a non-innermost dim is ~40x slower on CPU than this)
         bound2 = d.square().sum(1).amax(1).sqrt() * a.square().sum(1).amax(1).sqrt()
-        if torch.minimum(bound1, bound2).amax() < clamp:
+        return bool(torch.minimum(bound1, bound2).amax() > clamp)
+
+
+# The clamp's correction is kept low-rank while the layer's total rank stays at most this
+# fraction of O*I/(O+I) (where factors [T, r, O] + [T, r, I] match a dense [T, O, I] weight).
+CLAMP_RANK_FRACTION = 1.0
+
+
+def _clamp_correction(
+    d: Tensor, a: Tensor, clamp: float, lr: float | Tensor, rank: int
+) -> tuple[Tensor, Tensor] | None | bool:
+    """The clamp's excess ``-lr * E`` (see the module docstring) as factors ``(u, v)``
+    ([T, r, IN], [T, r, OUT]) to append to a low-rank layer's, ``None`` where the clamp
+    binds nowhere, or ``False`` where the correction would need more rank than a dense
+    weight is worth (``rank``: the layer's rank so far, this step's ``D^T A`` included)."""
+    if not _clamp_may_bind(d, a, clamp):
+        return None
+    num_tasks, _, out_f = d.shape
+    in_f = a.shape[-1]
+    with torch.no_grad():
+        g_abs = torch.bmm(d.transpose(1, 2), a).abs_()  # [T, OUT, IN]
+        # (amax then compare: several times faster on CPU than compare then any)
+        rows, cols = g_abs.amax(2) > clamp, g_abs.amax(1) > clamp
+        n_rows, n_cols = int(rows.sum(1).amax()), int(cols.sum(1).amax())
+        extra = min(n_rows, n_cols)
+        if extra == 0:
+            return None
+        if rank + extra > CLAMP_RANK_FRACTION * out_f * in_f / (out_f + in_f):
             return False
-        return bool(torch.bmm(d.transpose(1, 2), a).abs().amax() >= clamp)
+        by_rows = n_rows <= n_cols
+        mask = rows if by_rows else cols
+        # per task: the binding rows (columns) first, then non-binding ones as padding
+        idx = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :extra]
+    if by_rows:
+        d_sel = d.gather(2, idx.unsqueeze(1).expand(num_tasks, d.shape[1], extra))
+        g = torch.bmm(d_sel.transpose(1, 2), a)  # [T, extra, IN]: rows of D^T A
+        u = (g - g.clamp(-clamp, clamp)) * lr
+        v = torch.nn.functional.one_hot(idx, out_f).to(g.dtype)
+    else:
+        a_sel = a.gather(2, idx.unsqueeze(1).expand(num_tasks, a.shape[1], extra))
+        g = torch.bmm(a_sel.transpose(1, 2), d)  # [T, extra, OUT]: columns of D^T A
+        v = (g - g.clamp(-clamp, clamp)) * lr
+        u = torch.nn.functional.one_hot(idx, in_f).to(g.dtype)
+    return u, v
 
 
 def _pre_film_grad(gy: Tensor, y: Tensor, gamma: Tensor | None, act: str) -> Tensor:
@@ -203,19 +246,27 @@ def inner_step(
         if not create_graph:
             d, a = d.detach(), a.detach()
         wname, bname = fw.lowrank[module]
-        if clamp is not None and _clamp_binds(d, a, clamp, bname is not None):
-            add_dense(module, d, a, materialise(fw, module, num_tasks))
-            del new_lowrank[module]
-            new_factors.pop(module, None)
-            continue
-        vd = d * -lr(wname)
-        if module in fw.factors:
-            u, v = fw.factors[module]
-            new_factors[module] = (torch.cat([u, a], 1), torch.cat([v, vd], 1))
-        else:
-            new_factors[module] = (a, vd)
+        old = fw.factors.get(module)
+        us, vs = ([old[0]], [old[1]]) if old is not None else ([], [])
+        us.append(a)
+        vs.append(d * -lr(wname))
+        if clamp is not None:
+            rank = sum(u.shape[1] for u in us)
+            correction = _clamp_correction(d, a, clamp, lr(wname), rank)
+            if correction is False:
+                add_dense(module, d, a, materialise(fw, module, num_tasks))
+                del new_lowrank[module]
+                new_factors.pop(module, None)
+                continue
+            if correction is not None:
+                us.append(correction[0])
+                vs.append(correction[1])
+        new_factors[module] = (torch.cat(us, 1), torch.cat(vs, 1)) if len(us) > 1 else (a, vs[0])
         if bname is not None:
-            new_params[bname] = fw.params[bname] - lr(bname) * d.sum(1)
+            gb = d.sum(1)
+            if clamp is not None:
+                gb = gb.clamp(-clamp, clamp)
+            new_params[bname] = fw.params[bname] - lr(bname) * gb
     if names:
         updated = ops.clamped_sgd(params, grads, [lr(n) for n in names], clamp)
         new_params.update(zip(names, updated))
