@@ -237,6 +237,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ops", nargs="*", default=None, help="only these ops (e.g. film_conv2d)")
     ap.add_argument("--weights", nargs="*", default=None, help="only these weight kinds")
+    ap.add_argument(
+        "--shapes", nargs="*", default=None, help="only shapes whose label contains one of these"
+    )
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS)
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement")
@@ -259,6 +262,8 @@ def main() -> None:
         if args.ops and case[0] not in args.ops:
             continue
         if args.weights and case[2] not in args.weights:
+            continue
+        if args.shapes and not any(part in case[1] for part in args.shapes):
             continue
         rows += run_case(
             case, args.modes, tuple(args.backends), args.repeats, threads, args.min_time

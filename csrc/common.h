@@ -74,6 +74,7 @@ inline scalar_t relu(scalar_t u) {
 constexpr int64_t kSmallS = 16;    // below this spatial size, kernels work task by task
 constexpr int64_t kFlushRows = 16;  // rows summed in the input dtype before a double flush
 constexpr int kLanes = 8;           // independent partial sums along a row
+constexpr int64_t kTasksPerThread = 4;  // tasks per thread for task-major work split
 
 // Work items per parallel chunk when each item touches `per_item` elements: at
 // least 32768 elements per chunk (ATen's own GRAIN_SIZE), so that small tensors

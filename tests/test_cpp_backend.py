@@ -105,11 +105,22 @@ def test_raw_op_parity_with_eager(dtype):
         _close(getattr(cpp, name)(*args), getattr(eager, name)(*args), dtype)
 
 
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("s", [1, 4, 15, 16, 23, 64])
-def test_epilogue_and_bn_layouts(dtype, s):
-    """Both kernel layouts (task-major for S < 16, plane-major with an 8-lane tail)."""
-    t, n, c = 2, 9, 5
+@pytest.mark.parametrize("t", [2, 9])
+def test_epilogue_and_bn_layouts(dtype, s, t, two_threads):
+    """Both kernel layouts: task-major (S < 16, or for the epilogue backward at least 4
+    tasks per thread: t=9 with 2 threads) and plane-major, each with an 8-lane part and a
+    tail."""
+    n, c = 9, 5
     for act in ACTS:
         # shifted, scaled data: the one-pass variance must not cancel
         x = 50 + 3 * _rand(t, n, c, s, dtype=dtype)

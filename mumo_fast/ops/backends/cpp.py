@@ -65,45 +65,52 @@ def linear_fwd(x, weight, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
     """x [T,N,IN], weight [T,OUT,IN] | [OUT,IN] -> (y, z) both [T,N,OUT]."""
     if not _fast(x):
         return eager.linear_fwd(x, weight, bias, gamma, beta, act)
-    return _OPS["linear_fwd"](x, weight, bias, gamma, beta, act)
+    return _raw("linear_fwd")(x, weight, bias, gamma, beta, act)
 
 
 def linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
     """x [T,N,IN], weight [OUT,IN], u [T,R,IN], v [T,R,OUT] -> (y, z) both [T,N,OUT]."""
     if not _fast(x):
         return eager.linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act)
-    return _OPS["linear_lowrank_fwd"](x, weight, u, v, bias, gamma, beta, act)
+    return _raw("linear_lowrank_fwd")(x, weight, u, v, bias, gamma, beta, act)
 
 
 def conv_fwd(x, weight, bias, gamma, beta, stride, padding, act: str) -> tuple[Tensor, Tensor]:
     """x [T,N,C,H,W], weight [T,O,C,KH,KW] | [O,C,KH,KW] -> (y, z) both [T,N,O,H',W']."""
     if not _fast(x):
         return eager.conv_fwd(x, weight, bias, gamma, beta, stride, padding, act)
-    return _OPS["conv_fwd"](x, weight, bias, gamma, beta, list(stride), list(padding), act)
+    return _raw("conv_fwd")(x, weight, bias, gamma, beta, list(stride), list(padding), act)
 
 
 def epilogue_bwd(gy, y, z, gamma, act: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """[T,N,C,S] -> (dz [T,N,C,S], dgamma, dbeta, dbias [T,C])."""
     if not _fast(y):
         return eager.epilogue_bwd(gy, y, z, gamma, act)
-    return _OPS["epilogue_bwd"](gy, y, z, gamma, act)
+    return _raw("epilogue_bwd")(gy, y, z, gamma, act)
 
 
 def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str) -> tuple[Tensor, Tensor, Tensor]:
     """x [T,N,C,S] -> (y [T,N,C,S], mean [T,C], rstd [T,C])."""
     if not _fast(x):
         return eager.bn_fwd(x, weight, bias, gamma, beta, eps, act)
-    return _OPS["bn_fwd"](x, weight, bias, gamma, beta, float(eps), act)
+    return _raw("bn_fwd")(x, weight, bias, gamma, beta, float(eps), act)
 
 
 def bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act: str):
     """-> (dx [T,N,C,S], dweight, dbias, dgamma, dbeta [T,C])."""
     if not _fast(x):
         return eager.bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act)
-    return _OPS["bn_bwd"](gy, x, y, mean, rstd, weight, bias, gamma, act)
+    return _raw("bn_bwd")(gy, x, y, mean, rstd, weight, bias, gamma, act)
 
 
 _OPS: dict[str, object] = {}
+
+
+def _raw(name: str):
+    """The registered raw op, loading the extension on first use."""
+    if name not in _OPS and not available():
+        raise RuntimeError(f"mumo_fast: backend 'cpp' is unavailable: {_state['error']}")
+    return _OPS[name]
 
 
 # Per-task conv weights: the autograd Function's backward loops over tasks (one
