@@ -22,8 +22,8 @@ def update_markdown(path: str, section: str) -> None:
     it); every other section stays as it is."""
     title = section.splitlines()[0]
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if title in text:
-        start = text.index(title)
+    if title + "\n" in text:  # the whole heading line: one title may prefix another
+        start = text.index(title + "\n")
         nxt = text.find("\n## ", start + len(title))
         text = text[:start] + section + ("" if nxt < 0 else text[nxt:])
     else:

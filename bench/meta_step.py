@@ -53,6 +53,8 @@ from mumo_fast.meta import MetaLearner, TaskBatch  # noqa: E402
 IMPLS = ("mumo_auto", "mumo_lowrank", "mumo_dense", "loop", "vmap", "higher")
 STEPS, LR, K, Q = 5, 1e-3, 5, 10
 METHOD = "mumomaml"  # --method maml: the base network alone (no encoder, no FiLM)
+CLAMP = None  # --clamp: element-wise inner-gradient clamp (the paper's MuMoMAML uses 10)
+WEIGHTS = None  # --weights: start from a trained model's weights (model.pt of a run)
 
 
 def make_batch(t: int, seed: int = 0) -> TaskBatch:
@@ -73,7 +75,7 @@ def make_batch(t: int, seed: int = 0) -> TaskBatch:
 
 def make_learner(fast_weights: str, first_order: bool, backend: str | None = None) -> MetaLearner:
     torch.manual_seed(0)
-    return MetaLearner.from_config(
+    learner = MetaLearner.from_config(
         {
             "base": "mlp",
             "method": METHOD,
@@ -83,8 +85,12 @@ def make_learner(fast_weights: str, first_order: bool, backend: str | None = Non
             "first_order": first_order,
             "fast_weights": fast_weights,
             "backend": backend,
+            "inner_grad_clamp": CLAMP,
         }
     )
+    if WEIGHTS:
+        learner.load_state_dict(torch.load(WEIGHTS, map_location="cpu")["state_dict"])
+    return learner
 
 
 # ---------------------------------------------------------------- baselines
@@ -123,6 +129,8 @@ def loop_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> floa
                 mlp(dict(zip(names, params)), batch.support_x[t], f), batch.support_y[t]
             )
             grads = torch.autograd.grad(loss, params, create_graph=not first_order)
+            if CLAMP is not None:
+                grads = [g.clamp(-CLAMP, CLAMP) for g in grads]
             params = [p - LR * g for p, g in zip(params, grads)]
         total = total + F.mse_loss(
             mlp(dict(zip(names, params)), batch.query_x[t], f), batch.query_y[t]
@@ -144,6 +152,8 @@ def vmap_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> floa
             g = torch.func.grad(support_loss)(params)
             if first_order:
                 g = {k: v.detach() for k, v in g.items()}
+            if CLAMP is not None:
+                g = {k: v.clamp(-CLAMP, CLAMP) for k, v in g.items()}
             params = {k: params[k] - LR * g[k] for k in params}
         return F.mse_loss(mlp(params, qx, f), qy)
 
@@ -182,7 +192,11 @@ def higher_step(learner: MetaLearner, batch: TaskBatch, first_order: bool, modul
     film = film_of(learner, batch)
     model = module if module is not None else FiLMMLPModule(learner)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    callback = (lambda gs: [g.detach() for g in gs]) if first_order else None
+
+    def callback(grads):
+        grads = [g.detach() for g in grads] if first_order else list(grads)
+        return grads if CLAMP is None else [g.clamp(-CLAMP, CLAMP) for g in grads]
+
     total = 0.0
     for t in range(batch.num_tasks):
         f = per_task(film, t)
@@ -290,6 +304,10 @@ def peak_memory(
 ) -> float:
     cmd = [sys.executable, __file__, "--memory-child", impl, "--tasks", str(tasks)]
     cmd += ["--method", METHOD]
+    if CLAMP is not None:
+        cmd += ["--clamp", str(CLAMP)]
+    if WEIGHTS:
+        cmd += ["--weights", WEIGHTS]
     if backend:
         cmd += ["--backend", backend]
     if threads:
@@ -329,6 +347,12 @@ def markdown(result: dict, command: str, note: str | None = None) -> str:
     else:
         title = "## Meta-training step (regression, MuMoMAML)"
         model = "MLP 1-100-100-100-1 with FiLM, bi-GRU encoder, MLP modulation heads"
+    if result.get("clamp") is not None:
+        title += f", inner-gradient clamp {result['clamp']:g}"
+        model += f"; every implementation clamps the inner gradients at ±{result['clamp']:g}"
+    if result.get("weights"):
+        title += ", trained weights"
+        model += f"; weights of the trained model `{result['weights']}`"
     lines = [
         title,
         "",
@@ -368,6 +392,8 @@ def main() -> None:
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--method", default="mumomaml", choices=("mumomaml", "maml"))
+    ap.add_argument("--clamp", type=float, default=None, help="inner-gradient clamp")
+    ap.add_argument("--weights", default=None, help="a trained model.pt with the same config")
     ap.add_argument(
         "--backend", default=None, help="ops backend of mumo_fast's layers (default: auto)"
     )
@@ -383,8 +409,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global METHOD
-    METHOD = args.method
+    global METHOD, CLAMP, WEIGHTS
+    METHOD, CLAMP, WEIGHTS = args.method, args.clamp, args.weights
     if args.memory_child:
         memory_child(args.memory_child, args.first_order_child, args.tasks, args.backend)
         return
@@ -399,6 +425,8 @@ def main() -> None:
     batch = make_batch(args.tasks)
     result = {
         "method": args.method,
+        "clamp": args.clamp,
+        "weights": args.weights,
         "tasks": args.tasks,
         "repeats": args.repeats,
         "environment": environment(args.backend),

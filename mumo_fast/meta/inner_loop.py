@@ -44,16 +44,16 @@ LossFn = Callable[[Tensor, Tensor], Tensor]  # (output [T, N, ...], target) -> p
 LrFn = Callable[[str], "float | Tensor"]
 
 
-def _clamp_may_bind(d: Tensor, a: Tensor, clamp: float) -> bool:
-    """Whether ``clamp`` may bind anywhere in the inner gradient ``D^T A`` of a low-rank
-    layer: a cheap per-task upper bound on ``|D^T A|`` (the smaller of
+def _clamp_may_bind(d: Tensor, a: Tensor, clamp: float) -> Tensor:
+    """Per task, whether ``clamp`` may bind anywhere in the inner gradient ``D^T A`` of a
+    low-rank layer ([T] bool): a cheap upper bound on ``|D^T A|`` (the smaller of
     ``max_o sum_k |D| * max |A|`` and, by Cauchy-Schwarz, ``max_o ||D_o|| * max_i ||A_i||``)
-    settles most steps without forming ``D^T A``."""
+    settles most tasks without forming ``D^T A``."""
     with torch.no_grad():
         bound1 = d.abs().sum(1).amax(1) * a.abs().amax(dim=(1, 2))
         # (vector_norm over a non-innermost dim is ~40x slower on CPU than this)
         bound2 = d.square().sum(1).amax(1).sqrt() * a.square().sum(1).amax(1).sqrt()
-        return bool(torch.minimum(bound1, bound2).amax() > clamp)
+        return torch.minimum(bound1, bound2) > clamp
 
 
 # The clamp's correction is kept low-rank while the layer's total rank stays at most this
@@ -68,14 +68,20 @@ def _clamp_correction(
     ([T, r, IN], [T, r, OUT]) to append to a low-rank layer's, ``None`` where the clamp
     binds nowhere, or ``False`` where the correction would need more rank than a dense
     weight is worth (``rank``: the layer's rank so far, this step's ``D^T A`` included)."""
-    if not _clamp_may_bind(d, a, clamp):
+    may_bind = _clamp_may_bind(d, a, clamp)
+    if not bool(may_bind.any()):
         return None
     num_tasks, _, out_f = d.shape
     in_f = a.shape[-1]
     with torch.no_grad():
-        g_abs = torch.bmm(d.transpose(1, 2), a).abs_()  # [T, OUT, IN]
+        # D^T A only for the tasks the bound did not settle
+        tasks = may_bind.nonzero().squeeze(1)
+        g_abs = torch.bmm(d[tasks].transpose(1, 2), a[tasks]).abs_()  # [T', OUT, IN]
         # (amax then compare: several times faster on CPU than compare then any)
-        rows, cols = g_abs.amax(2) > clamp, g_abs.amax(1) > clamp
+        rows = d.new_zeros((num_tasks, out_f), dtype=torch.bool)
+        cols = d.new_zeros((num_tasks, in_f), dtype=torch.bool)
+        rows[tasks] = g_abs.amax(2) > clamp
+        cols[tasks] = g_abs.amax(1) > clamp
         n_rows, n_cols = int(rows.sum(1).amax()), int(cols.sum(1).amax())
         extra = min(n_rows, n_cols)
         if extra == 0:
