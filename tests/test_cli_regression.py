@@ -92,6 +92,16 @@ def test_resume_extends_and_init_from(runs, tmp_path):
     assert (new / "model.pt").is_file()
 
 
+def test_task_family_is_recorded_and_checked_on_resume(tmp_path, capsys):
+    out = tmp_path / "authors"
+    args = ["train", "regression", "--out", str(out), "--task-family", "authors-code"]
+    assert main([*args, *TINY, "--skip-eval"]) == 0
+    assert json.loads((out / "run.json").read_text())["data"]["task_family"] == "authors-code"
+    resume = ["train", "regression", "--out", str(out), "--resume", "--task-family", "spec"]
+    assert main([*resume, "--quiet", "--skip-eval"]) == 2
+    assert "task_family=authors-code" in capsys.readouterr().err
+
+
 def test_cli_resume_reproduces_uninterrupted_run(tmp_path):
     common = ["--tasks-per-mode", "2", "--quiet", "--no-tensorboard", "--skip-eval"]
     whole, split = tmp_path / "whole", tmp_path / "split"

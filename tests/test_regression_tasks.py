@@ -53,6 +53,21 @@ def test_parameter_and_input_ranges():
     assert (a > 0).any() and (a < 0).any()  # quadratic: both signs
 
 
+def test_authors_code_family_has_unit_frequency_sinusoids():
+    gen = torch.Generator().manual_seed(2)
+    tasks = sample_tasks(3, 500, gen, family="authors-code")
+    sin = tasks.params[tasks.modes == 0]
+    assert torch.all(sin[:, 1] == 1.0)  # frequency
+    assert sin[:, 2].min() >= -math.pi and sin[:, 2].max() <= 0  # A sin(x - phi), phi in [0, pi]
+    assert sin[:, 2].min() < -3.0 and sin[:, 2].max() > -0.15
+    spec = sample_tasks(3, 500, torch.Generator().manual_seed(2))
+    assert spec.params[spec.modes == 0, 1].std() > 0.3  # random frequency in [0.5, 2]
+    # the other modes are drawn the same way from the same stream
+    torch.testing.assert_close(tasks.params[tasks.modes == 1], spec.params[spec.modes == 1])
+    with pytest.raises(ValueError, match="task_family must be one of"):
+        sample_tasks(2, 3, gen, family="nope")
+
+
 def test_true_function_formulas():
     gen = torch.Generator().manual_seed(2)
     tasks = sample_tasks(5, 3, gen)

@@ -15,11 +15,16 @@ def to_task_batch(tasks: RegressionTasks) -> TaskBatch:
 
 
 def make_sampler(
-    num_modes: int, tasks_per_mode: int, k_support: int = 5, l_query: int = 10
+    num_modes: int,
+    tasks_per_mode: int,
+    k_support: int = 5,
+    l_query: int = 10,
+    family: str = "spec",
 ) -> Callable[[torch.Generator], TaskBatch]:
     """A function drawing one balanced meta-batch from a generator (on the generator's device)."""
 
     def sample(gen: torch.Generator) -> TaskBatch:
-        return to_task_batch(sample_tasks(num_modes, tasks_per_mode, gen, k_support, l_query))
+        tasks = sample_tasks(num_modes, tasks_per_mode, gen, k_support, l_query, family=family)
+        return to_task_batch(tasks)
 
     return sample

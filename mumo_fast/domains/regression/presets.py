@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tasks import mode_names
+from .tasks import check_task_family, mode_names
 
 METHODS = ("maml", "multi-maml", "mumomaml")
 MODULATIONS = ("film", "sigmoid", "softmax")
@@ -81,6 +81,7 @@ def run_config(
     seed: int = 0,
     tasks_per_mode: int | None = None,
     test_tasks_per_mode: int | None = None,
+    task_family: str = "spec",
 ) -> dict[str, Any]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -89,6 +90,7 @@ def run_config(
     if preset_name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset_name!r}")
     names = mode_names(num_modes)
+    check_task_family(task_family)
     preset = dict(PRESETS[preset_name])
     if iterations is not None:
         preset["iterations"] = iterations
@@ -110,6 +112,7 @@ def run_config(
             "k_support": K_SUPPORT,
             "l_query": L_QUERY,
             "test_tasks_per_mode": test_tasks,
+            "task_family": task_family,
         },
         "train": {
             "iterations": preset["iterations"],

@@ -24,7 +24,7 @@ from . import figures
 from .data import make_sampler, to_task_batch
 from .metrics import evaluate_learner
 from .presets import METHODS, MODULATIONS, PRESETS, TEST_TASKS_PER_MODE, run_config, run_label
-from .tasks import RegressionTasks, fixed_test_set, sample_tasks
+from .tasks import TASK_FAMILIES, RegressionTasks, fixed_test_set, sample_tasks
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
@@ -46,6 +46,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--test-tasks-per-mode", type=int,
         help=f"size of the fixed test set, per mode (default {TEST_TASKS_PER_MODE})",
+    )  # fmt: skip
+    p.add_argument(
+        "--task-family", choices=tuple(TASK_FAMILIES),
+        help="spec (default): SPEC 4.1, sinusoids with a random frequency in [0.5, 2]; "
+        "authors-code: the authors' released code, sinusoids of frequency 1, phase in [0, pi]",
     )  # fmt: skip
 
 
@@ -79,7 +84,8 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 raise UsageError(
                     f"--resume: this run was started with {key}={run[key]!r}, not {value!r}"
                 )
-        for key in ("tasks_per_mode", "test_tasks_per_mode"):
+        run["data"].setdefault("task_family", "spec")  # runs made before the option
+        for key in ("tasks_per_mode", "test_tasks_per_mode", "task_family"):
             value = getattr(args, key)
             if value is not None and value != run["data"][key]:
                 raise UsageError(
@@ -105,6 +111,7 @@ def _new_run_config(args: argparse.Namespace) -> dict[str, Any]:
             method, args.modulation or "film", args.modes or 2, args.preset or "default",
             iterations=args.iterations, seed=0 if args.seed is None else args.seed,
             tasks_per_mode=args.tasks_per_mode, test_tasks_per_mode=args.test_tasks_per_mode,
+            task_family=args.task_family or "spec",
         )  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -112,7 +119,9 @@ def _new_run_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def _validation(run: dict[str, Any], device: torch.device):
     gen = torch.Generator().manual_seed(VALIDATION_SEED)
-    tasks = sample_tasks(run["num_modes"], VALIDATION_TASKS_PER_MODE, gen).to(device)
+    tasks = sample_tasks(
+        run["num_modes"], VALIDATION_TASKS_PER_MODE, gen, family=task_family(run)
+    ).to(device)
     batch = to_task_batch(tasks)
     steps = run["eval"]["adapt_steps"]
 
@@ -152,7 +161,13 @@ def train(args: argparse.Namespace) -> int:
     data = run["data"]
     trainer = Trainer(
         learner,
-        make_sampler(run["num_modes"], data["tasks_per_mode"], data["k_support"], data["l_query"]),
+        make_sampler(
+            run["num_modes"],
+            data["tasks_per_mode"],
+            data["k_support"],
+            data["l_query"],
+            task_family(run),
+        ),  # fmt: skip
         out,
         TrainSettings(**run["train"], time_limit=args.time_limit),
         device=device,
@@ -179,14 +194,18 @@ def train(args: argparse.Namespace) -> int:
 
 
 # -- eval --------------------------------------------------------------------------------
-_TEST_SETS: dict[tuple[int, int], RegressionTasks] = {}
+_TEST_SETS: dict[tuple[int, int, str], RegressionTasks] = {}
+
+
+def task_family(run: dict[str, Any]) -> str:
+    return run["data"].get("task_family", "spec")  # runs made before the option: spec
 
 
 def get_test_set(run: dict[str, Any]) -> RegressionTasks:
-    key = (run["num_modes"], run["data"]["test_tasks_per_mode"])
+    key = (run["num_modes"], run["data"]["test_tasks_per_mode"], task_family(run))
     if key not in _TEST_SETS:
         d = run["data"]
-        _TEST_SETS[key] = fixed_test_set(key[0], key[1], d["k_support"], d["l_query"])
+        _TEST_SETS[key] = fixed_test_set(key[0], key[1], d["k_support"], d["l_query"], key[2])
     return _TEST_SETS[key]
 
 

@@ -3,6 +3,12 @@
 Every task is one function from one mode; x ~ U[-5, 5] and every observed y carries
 Gaussian noise (sigma 0.3). Sampling runs in torch on the caller's device from a
 ``torch.Generator``, so a run's data stream is part of its checkpointed state.
+
+Two variants of the family (``TASK_FAMILIES``): ``"spec"`` (SPEC 4.1: sinusoids
+``A sin(w x + b)`` with a random frequency w in [0.5, 2]) and ``"authors-code"`` (the
+authors' released regression code: ``A sin(x - phi)``, frequency 1, phase phi in
+[0, pi]; the other modes are the same). With five support points the random frequency
+makes the sinusoid mode much harder to identify and fit.
 """
 
 from __future__ import annotations
@@ -25,6 +31,19 @@ PARAM_RANGES = {
     "tanh": ((-3.0, 3.0), (-3.0, 3.0), (-3.0, 3.0)),  # A, c, b: A tanh(x - c) + b
     "abs": ((-3.0, 3.0), (-3.0, 3.0), (-3.0, 3.0)),  # A, c, b: A |x - c| + b
 }
+
+
+TASK_FAMILIES = {
+    "spec": PARAM_RANGES,
+    # A sin(x - phi), phi in [0, pi], written as A sin(1 * x + b) with b in [-pi, 0]
+    "authors-code": {**PARAM_RANGES, "sinusoid": ((0.1, 5.0), (1.0, 1.0), (-math.pi, 0.0))},
+}
+
+
+def check_task_family(family: str) -> str:
+    if family not in TASK_FAMILIES:
+        raise ValueError(f"task_family must be one of {tuple(TASK_FAMILIES)}, got {family!r}")
+    return family
 
 
 def mode_names(num_modes: int) -> tuple[str, ...]:
@@ -81,9 +100,10 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generat
     return torch.rand(shape, generator=gen, device=gen.device) * (high - low) + low
 
 
-def sample_params(mode: str, count: int, gen: torch.Generator) -> Tensor:
+def sample_params(mode: str, count: int, gen: torch.Generator, family: str = "spec") -> Tensor:
     """[count, 3] parameters of `count` functions of one mode."""
-    cols = [_uniform((count,), lo, hi, gen) for lo, hi in PARAM_RANGES[mode]]
+    ranges = TASK_FAMILIES[check_task_family(family)][mode]
+    cols = [_uniform((count,), lo, hi, gen) for lo, hi in ranges]
     if mode == "quadratic":  # A in [-0.15, -0.02] U [0.02, 0.15]
         sign = torch.randint(0, 2, (count,), generator=gen, device=gen.device) * 2 - 1
         cols[0] = cols[0] * sign
@@ -97,11 +117,12 @@ def sample_tasks(
     k_support: int = 5,
     l_query: int = 10,
     noise_std: float = NOISE_STD,
+    family: str = "spec",
 ) -> RegressionTasks:
     """A balanced batch: `tasks_per_mode` tasks of each mode, grouped by mode, on gen's device."""
     names = mode_names(num_modes)
     device = gen.device
-    params = torch.cat([sample_params(m, tasks_per_mode, gen) for m in names])
+    params = torch.cat([sample_params(m, tasks_per_mode, gen, family) for m in names])
     modes = torch.arange(num_modes, device=device).repeat_interleave(tasks_per_mode)
     mode_ids = torch.tensor([MODES.index(m) for m in names], device=device)[modes]
     n = k_support + l_query
@@ -118,8 +139,12 @@ TEST_SEED = 20190101
 
 
 def fixed_test_set(
-    num_modes: int, tasks_per_mode: int = 1000, k_support: int = 5, l_query: int = 10
+    num_modes: int,
+    tasks_per_mode: int = 1000,
+    k_support: int = 5,
+    l_query: int = 10,
+    family: str = "spec",
 ) -> RegressionTasks:
     """The fixed test set: the same tasks for every run, method and device (drawn on CPU)."""
     gen = torch.Generator().manual_seed(TEST_SEED + num_modes)
-    return sample_tasks(num_modes, tasks_per_mode, gen, k_support, l_query)
+    return sample_tasks(num_modes, tasks_per_mode, gen, k_support, l_query, family=family)
