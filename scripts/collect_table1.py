@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Collect the Table 1 runs (scripts/table1.sh) into RESULTS.md, beside the paper's numbers.
 
-For each run folder under results/regression/ it uses metrics.json when it is up to date
-with the run's model file, else evaluates the model (model.pt, or the latest checkpoint of
-an unfinished run) on the fixed test tasks. It also draws the comparison figures (paper
-Fig. 2 and 3a) into results/regression/figures/. Only the block between the
-regression-table1 markers in RESULTS.md is rewritten.
+For each run folder under the runs folder (default results/regression/) it uses
+metrics.json when it is up to date with the run's model file, else evaluates the model
+(model.pt, or the latest checkpoint of an unfinished run) on the fixed test tasks. It also
+draws the comparison figures (paper Fig. 2 and 3a) into <runs folder>/figures/. Only the
+block between this runs folder's markers in RESULTS.md is rewritten.
 
     python scripts/collect_table1.py [--no-eval] [--no-plot]
+    python scripts/collect_table1.py --runs results/regression_authors_tasks
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RUNS_DIR = ROOT / "results" / "regression"
+RUNS_DIR = ROOT / "results" / "regression"  # --runs
 ROWS = [  # (run prefix, label, paper 2 modes (post-mod, post-adapt), paper 3 modes)
     ("maml", "MAML", (15.9255, 1.0852), (12.5994, 1.1633)),
     ("multimaml", "Multi-MAML (ground-truth modes)", (16.2894, 0.4330), (12.3742, 0.7791)),
@@ -28,7 +29,17 @@ ROWS = [  # (run prefix, label, paper 2 modes (post-mod, post-adapt), paper 3 mo
     ("sigmoid", "MuMoMAML, sigmoid", (1.4992, 0.3414), (2.4047, 0.4414)),
     ("film", "MuMoMAML, FiLM", (1.7094, 0.3125), (1.9234, 0.4048)),
 ]
-START, END = "<!-- regression-table1:start -->", "<!-- regression-table1:end -->"
+FAMILY_TEXT = {
+    "spec": "SPEC 4.1's task family (sinusoids `A sin(w x + b)` with a random frequency "
+    "w in [0.5, 2])",
+    "authors-code": "the authors' released code's task family (`--task-family authors-code`: "
+    "sinusoids `A sin(x - phi)` of frequency 1, phase in [0, pi]; the other modes as SPEC 4.1)",
+}
+
+
+def markers(runs_dir: Path) -> tuple[str, str]:
+    tag = "regression-table1" + ("" if runs_dir.name == "regression" else f"-{runs_dir.name}")
+    return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
 
 
 def metrics_for(run_dir: Path, evaluate: bool) -> dict | None:
@@ -84,13 +95,13 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict) -> list[str]:
+def plot(results: dict, runs_dir: Path) -> list[str]:
     import mumo_fast
     from mumo_fast.domains.regression import figures
     from mumo_fast.domains.regression.presets import run_label
     from mumo_fast.domains.regression.run import _example_tasks, read_run
 
-    out = RUNS_DIR / "figures"
+    out = runs_dir / "figures"
     out.mkdir(exist_ok=True)
     written = []
     for modes in (2, 3):
@@ -98,7 +109,7 @@ def plot(results: dict) -> list[str]:
         names = [n for n in names if results.get(n) is not None]
         if not names:
             continue
-        curves = [(run_label(read_run(RUNS_DIR / n)), results[n]) for n in names]
+        curves = [(run_label(read_run(runs_dir / n)), results[n]) for n in names]
         figures.plot_steps(curves, out / f"mse_vs_steps_{modes}modes.png")
         written.append(f"figures/mse_vs_steps_{modes}modes.png")
         fig2 = [
@@ -106,8 +117,8 @@ def plot(results: dict) -> list[str]:
             for n in (f"maml_{modes}modes", f"multimaml_{modes}modes", f"film_{modes}modes")
             if n in names
         ]
-        run = read_run(RUNS_DIR / fig2[0])
-        models = [(run_label(read_run(RUNS_DIR / n)), mumo_fast.load(RUNS_DIR / n)) for n in fig2]
+        run = read_run(runs_dir / fig2[0])
+        models = [(run_label(read_run(runs_dir / n)), mumo_fast.load(runs_dir / n)) for n in fig2]
         figures.plot_functions(
             models, _example_tasks(run), run["mode_names"], run["eval"]["adapt_steps"],
             out / f"functions_{modes}modes.png",
@@ -121,7 +132,9 @@ def main() -> int:
     parser.add_argument("--no-eval", action="store_true", help="use existing metrics.json only")
     parser.add_argument("--no-plot", action="store_true", help="skip the comparison figures")
     parser.add_argument("--results", default=str(ROOT / "RESULTS.md"))
+    parser.add_argument("--runs", default=str(RUNS_DIR), help="folder of the run folders")
     args = parser.parse_args()
+    runs_dir = Path(args.runs).resolve()
     import torch
 
     torch.set_num_threads(1)
@@ -129,13 +142,23 @@ def main() -> int:
     for prefix, *_ in ROWS:
         for modes in (2, 3):
             name = f"{prefix}_{modes}modes"
-            if (RUNS_DIR / name / "run.json").is_file():
-                results[name] = metrics_for(RUNS_DIR / name, not args.no_eval)
-    figs = [] if args.no_plot else plot(results)
+            if (runs_dir / name / "run.json").is_file():
+                results[name] = metrics_for(runs_dir / name, not args.no_eval)
+    if not results:
+        raise SystemExit(f"no runs in {runs_dir}")
+    from mumo_fast.domains.regression.run import read_run, task_family
+
+    families = {task_family(read_run(runs_dir / n)) for n in results}
+    if len(families) != 1:
+        raise SystemExit(f"{runs_dir} mixes task families: {sorted(families)}")
+    (family,) = families
+    figs = [] if args.no_plot else plot(results, runs_dir)
+    start, end = markers(runs_dir)
+    rel = runs_dir.relative_to(ROOT) if runs_dir.is_relative_to(ROOT) else runs_dir
     block = "\n".join(
         [
-            START,
-            "## Multimodal regression: paper Table 1",
+            start,
+            f"## Multimodal regression: paper Table 1, {family} task family (`{rel}/`)",
             "",
             "Test MSE on the fixed test set (1,000 tasks per mode, seeded; K = 5 support, "
             "L = 10 query points, noise sigma 0.3, so the floor is 0.09), mean ± 95% CI "
@@ -143,26 +166,21 @@ def main() -> int:
             "settings (`--preset paper`: inner lr 0.001, 5 steps, Adam 1e-3, grad-norm clip 2.0 "
             "per network, 25 tasks per mode, second order, inner-gradient clamp 10 for MuMoMAML) "
             "except the number of meta-iterations, given beside each row (the paper trained "
-            "70,000). Commands: `scripts/table1.sh`; this table: `python scripts/collect_table1.py`.",
-            "",
-            "How these runs were made: all ten started on a lent 16-core machine "
-            "(`scripts/table1_device.sh`: one core each, `reference` ops backend, a 440 s time "
-            "limit, so the cheaper methods reached more iterations), then the eight non-MAML runs "
-            "were resumed from their checkpoints on the 2-core CPU machine "
-            "(`scripts/table1.sh` with a time limit). Each run's `log.jsonl` has its "
-            "training curve; `run.json` its settings. All budgets are far below the paper's: "
-            "read the rows as early-training numbers, not a reproduction.",
+            f"70,000). Tasks: {FAMILY_TEXT[family]}. Seed 0, one run per row; each run's "
+            "`run.json` has its settings, `log.jsonl` its training curve, `model.pt` its weights. "
+            "Commands: `scripts/table1.sh` (see below); this table: "
+            f"`python scripts/collect_table1.py --runs {rel}`.",
             "",
             table(results),
             "",
-            *(f"![{f}](results/regression/{f})" for f in figs),
-            END,
+            *(f"![{f}]({rel}/{f})" for f in figs),
+            end,
         ]
     )
     path = Path(args.results)
     text = path.read_text() if path.is_file() else "# Results\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)

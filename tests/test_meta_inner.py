@@ -112,9 +112,16 @@ def test_dense_and_lowrank_meta_gradients_identical():
 
 
 @pytest.mark.parametrize(
-    "fast_weights,rank_fraction", [("dense", 1.0), ("lowrank", 1.0), ("lowrank", 1e3)]
+    "fast_weights,rank_fraction,extra",
+    [
+        ("dense", 1.0, {}),
+        ("lowrank", 1.0, {}),
+        ("lowrank", 1e3, {}),
+        ("lowrank", 1e3, {"learn_inner_lr": True}),
+        ("lowrank", 1e3, {"first_order": True}),
+    ],
 )
-def test_clamp_matches_loop(fast_weights, rank_fraction, monkeypatch):
+def test_clamp_matches_loop(fast_weights, rank_fraction, extra, monkeypatch):
     # inner lr large enough for the clamp to matter; 0.5 binds for some layers, not all.
     # rank_fraction 1: most binding low-rank layers need too much rank for the correction
     # and switch to dense mid-loop; 1e3: they all keep the low-rank correction.
@@ -128,13 +135,14 @@ def test_clamp_matches_loop(fast_weights, rank_fraction, monkeypatch):
 
     monkeypatch.setattr(inner_loop, "_clamp_correction", spy)
     monkeypatch.setattr(inner_loop, "CLAMP_RANK_FRACTION", rank_fraction)
-    learner = make(mlp_cfg(inner_grad_clamp=0.5, fast_weights=fast_weights, inner_lr=0.1))
+    cfg = mlp_cfg(inner_grad_clamp=0.5, fast_weights=fast_weights, inner_lr=0.1, **extra)
+    learner = make(cfg)
     batch = regression_batch()
     check_against_loop(learner, batch)
     if fast_weights == "lowrank":
         expected = {"none", "dense"} if rank_fraction == 1.0 else {"none", "lowrank"}
         assert expected <= set(seen), seen
-    unclamped = make(mlp_cfg(fast_weights=fast_weights, inner_lr=0.1))
+    unclamped = make(mlp_cfg(fast_weights=fast_weights, inner_lr=0.1, **extra))
     a = learner.meta_train_step(batch)["loss"]
     b = unclamped.meta_train_step(batch)["loss"]
     assert abs(a - b) > 1e-6  # the clamp did bind
