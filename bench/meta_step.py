@@ -10,7 +10,8 @@ Implementations (identical parameters; their gradients are checked against the l
   mumo_auto / mumo_lowrank / mumo_dense
           MetaLearner.meta_train_step with fast_weights "auto" (the default: low-rank for the
           100x100 layers, dense for the 1x100 and 100x1 ones), "lowrank" (every layer) or
-          "dense"; it also computes the post-modulation loss it returns
+          "dense" (without the post-modulation loss it can also report, which the
+          baselines do not compute either)
   loop    per task: functional params, torch.autograd.grad(create_graph=True) inner steps,
           query loss kept; the mean of the query losses backward once (the authors' style)
   vmap    torch.func.vmap over tasks of the inner loop written with torch.func.grad
@@ -221,7 +222,7 @@ def runner(impl: str, first_order: bool, backend: str | None = None):
     def step(batch: TaskBatch) -> float:
         learner.zero_grad(set_to_none=True)
         if impl.startswith("mumo"):
-            return learner.meta_train_step(batch)["loss"]
+            return learner.meta_train_step(batch, post_mod_loss=False)["loss"]
         if impl == "loop":
             return loop_step(learner, batch, first_order)
         if impl == "vmap":

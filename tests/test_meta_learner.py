@@ -87,6 +87,21 @@ def test_evaluate_matches_training_loss_and_chunks():
     assert abs(res["per_step"][0].mean().item() - stats["post_mod_loss"]) < 1e-10
 
 
+def test_post_mod_loss_is_optional_and_does_not_touch_gradients():
+    batch = regression_batch(t=4)
+    learner = make(mlp_cfg())
+    with_post = learner.meta_train_step(batch)
+    grads = [p.grad.clone() for p in learner.parameters()]
+    learner.zero_grad(set_to_none=True)
+    without = learner.meta_train_step(batch, post_mod_loss=False)
+    assert set(with_post) == {"loss", "post_mod_loss"} and set(without) == {"loss"}
+    assert without["loss"] == with_post["loss"]
+    post_mod = learner.evaluate(batch, 0)["per_step"][0].mean().item()
+    assert abs(with_post["post_mod_loss"] - post_mod) < 1e-10
+    for g, p in zip(grads, learner.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+
+
 def test_evaluate_classification_accuracy():
     cfg = {"base": "conv4", "image_size": 12, "num_classes": 3, "conv_channels": 4, "num_blocks": 3}
     learner = make({**cfg, "inner_steps": 1, "inner_lr": 0.4})

@@ -239,10 +239,11 @@ class MetaLearner(nn.Module):
         return out, film
 
     # ------------------------------------------------------------------ public API
-    def meta_train_step(self, batch: TaskBatch) -> dict[str, float]:
+    def meta_train_step(self, batch: TaskBatch, post_mod_loss: bool = True) -> dict[str, float]:
         """Mean post-adaptation query loss over tasks; calls ``.backward()`` (chunked
         over tasks if ``chunk_size``: gradients accumulate to the unchunked ones).
-        Returns {"loss", "post_mod_loss"} (post-modulation: 0 inner steps)."""
+        Returns {"loss", "post_mod_loss"} (post-modulation: 0 inner steps; an extra
+        forward pass, skipped with ``post_mod_loss=False``, which returns {"loss"})."""
         self._check_batch(batch)
         cfg = self._config
         t = batch.num_tasks
@@ -254,8 +255,11 @@ class MetaLearner(nn.Module):
             losses = self.loss_fn(out, chunk.query_y)
             (losses.sum() / t).backward()
             total += float(losses.detach().sum())
-            with torch.no_grad():
-                post += float(self._query_losses(chunk, _detach_film(film)).sum())
+            if post_mod_loss:
+                with torch.no_grad():
+                    post += float(self._query_losses(chunk, _detach_film(film)).sum())
+        if not post_mod_loss:
+            return {"loss": total / t}
         return {"loss": total / t, "post_mod_loss": post / t}
 
     def _query_losses(self, batch: TaskBatch, film) -> Tensor:

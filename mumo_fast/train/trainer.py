@@ -1,4 +1,5 @@
-"""A generic meta-training loop: any learner with `meta_train_step`, any task sampler.
+"""A generic meta-training loop: any learner with `meta_train_step(batch, post_mod_loss)`
+(returning a dict of floats), any task sampler.
 
 The run folder holds `log.jsonl`, `checkpoint.ckpt` (everything needed to continue the
 run exactly: weights, optimizer, iteration, every RNG state including the data
@@ -149,7 +150,12 @@ class Trainer:
     def step(self) -> dict[str, float]:
         self.learner.train()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = self.learner.meta_train_step(self.sample_batch(self.generator))
+        # the post-modulation loss (an extra forward pass) only where it is logged
+        nxt = self.iteration + 1
+        logged = nxt % self.settings.log_every == 0 or nxt == self.settings.iterations
+        stats = self.learner.meta_train_step(
+            self.sample_batch(self.generator), post_mod_loss=logged
+        )
         clip = self.settings.grad_clip
         if clip is not None:
             for params in self.learner.parameter_groups().values():
