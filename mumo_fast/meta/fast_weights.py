@@ -8,8 +8,9 @@ layers,
 * ``factors``: for each low-rank :class:`~mumo_fast.nn.FiLMLinear` layer, ``(u, v)``
   with ``W_t = W + v[t]^T u[t]`` (SPEC section 5): ``u = cat_j A_j`` (the layer's
   support inputs at inner step j) and ``v = cat_j (-lr * D_j)`` (the gradients of
-  the support loss w.r.t. its pre-FiLM output), rank ``steps * K``; the bias is kept
-  per-task, ``b - lr * sum_j sum_k D_j[k]``.
+  the support loss w.r.t. its pre-FiLM output), rank ``steps * K``, plus a few
+  rank-1 terms per step where an inner-gradient clamp binds (``inner_loop``); the bias
+  is kept per-task, ``b - lr * sum_j clamp(sum_k D_j[k])``.
 """
 
 from __future__ import annotations
