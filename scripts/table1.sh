@@ -8,6 +8,8 @@
 #
 # Usage (with the environment that has torch active, or PYTHON=/path/to/python):
 #   scripts/table1.sh [ITERATIONS] [RUN_NAME_FILTER]   (default 5000, all runs)
+# The authors' released task family (unit-frequency sinusoids) into its own folder:
+#   OUT=results/regression_authors_tasks EXTRA="--task-family authors-code" scripts/table1.sh 70000
 # Environment: OUT (default results/regression), EXTRA (more `train` arguments, e.g.
 # "--time-limit 3600"), NICE (default 10), WAIT=1 (block until every run has ended).
 set -euo pipefail
