@@ -158,7 +158,7 @@ def main() -> int:
     block = "\n".join(
         [
             start,
-            f"## Multimodal regression: paper Table 1, {family} task family (`{rel}/`)",
+            f"### Table 1, task family `{family}` (`{rel}/`)",
             "",
             "Test MSE on the fixed test set (1,000 tasks per mode, seeded; K = 5 support, "
             "L = 10 query points, noise sigma 0.3, so the floor is 0.09), mean ± 95% CI "
