@@ -149,6 +149,60 @@ def test_grad_norm_clipped_per_network(tmp_path):
             assert norm <= 1e-3 * (1 + 1e-4), name
 
 
+def _poisoned(trainer, bad_calls):
+    """Make the trainer's batches carry a NaN target on the given sampler calls."""
+    sample, calls = trainer.sample_batch, [0]
+
+    def poisoned(gen):
+        calls[0] += 1
+        batch = sample(gen)
+        if calls[0] in bad_calls:
+            batch.query_y[0, 0, 0] = float("nan")
+        return batch
+
+    trainer.sample_batch = poisoned
+
+
+def test_nonfinite_iteration_is_skipped(tmp_path):
+    trainer = make_trainer(tmp_path, 6)
+    _poisoned(trainer, {4})
+    before = {}
+
+    def snapshot(*_):
+        if trainer.iteration == 3:
+            before.update({k: v.clone() for k, v in trainer.learner.state_dict().items()})
+
+    trainer.sample_batch = (lambda f: lambda gen: (snapshot(), f(gen))[1])(trainer.sample_batch)
+    original_step = trainer.step
+
+    def step():
+        stats = original_step()
+        if trainer.iteration == 4:  # the poisoned iteration changed nothing
+            for k, v in trainer.learner.state_dict().items():
+                torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+        return stats
+
+    trainer.step = step
+    result = trainer.fit()
+    assert result.completed and not result.diverged
+    log = read_log(tmp_path / "log.jsonl")
+    assert [r.get("nonfinite_skipped", 0) for r in log] == [0, 0, 0, 1, 1, 1]
+    assert all(torch.isfinite(v).all() for v in trainer.learner.state_dict().values())
+
+
+def test_persistent_nonfinite_stops_as_diverged_with_finite_checkpoint(tmp_path, monkeypatch):
+    from mumo_fast.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MAX_NONFINITE_STREAK", 3)
+    trainer = make_trainer(tmp_path, 20, checkpoint_every=2)
+    _poisoned(trainer, set(range(4, 100)))
+    result = trainer.fit()
+    assert result.diverged and not result.completed and result.iteration == 6
+    ckpt = torch.load(tmp_path / "checkpoint.ckpt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert not (tmp_path / "model.pt").exists()
+
+
 def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "state.ckpt"
     atomic_save({"config": {}, "state_dict": {"w": torch.ones(3)}}, path)

@@ -8,6 +8,7 @@ generator's) and, once training ends, `model.pt` (weights and config only).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -42,12 +43,18 @@ class TrainSettings:
     time_limit: float | None = None  # seconds of this invocation; then finish as if done
 
 
+# Consecutive iterations with a non-finite loss or gradient (each skipped) after which a
+# run stops as diverged.
+MAX_NONFINITE_STREAK = 50
+
+
 @dataclass
 class TrainResult:
     iteration: int
     completed: bool
     signal: int | None = None  # the signal that stopped the run early
     time_limited: bool = False  # finished by `time_limit` before `iterations`
+    diverged: bool = False  # stopped after MAX_NONFINITE_STREAK non-finite iterations
 
 
 class Trainer:
@@ -57,6 +64,10 @@ class Trainer:
     initial weights depend on the seed; the trainer seeds its own data generator.
     `validate(learner) -> dict` is called every `validate_every` iterations and at the end;
     it must not draw from the global RNGs. `extra` is stored in the checkpoint and model file.
+
+    An iteration whose loss or gradients are not finite is skipped (no optimizer step, so
+    the weights and every checkpoint stay finite) and counted in the logged
+    ``nonfinite_skipped``; after ``MAX_NONFINITE_STREAK`` in a row the run stops as diverged.
     """
 
     def __init__(
@@ -84,6 +95,8 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         self.optimizer = torch.optim.Adam(learner.parameters(), lr=settings.lr)
         self.iteration = 0
+        self.nonfinite_skipped = 0  # in this invocation
+        self._nonfinite_streak = 0
         self._stop: int | None = None
 
     @property
@@ -156,13 +169,21 @@ class Trainer:
         stats = self.learner.meta_train_step(
             self.sample_batch(self.generator), post_mod_loss=logged
         )
+        finite = math.isfinite(stats["loss"])
         clip = self.settings.grad_clip
-        if clip is not None:
-            for params in self.learner.parameter_groups().values():
-                params = [p for p in params if p.grad is not None]
-                if params:
-                    torch.nn.utils.clip_grad_norm_(params, clip)
-        self.optimizer.step()
+        for params in self.learner.parameter_groups().values():
+            params = [p for p in params if p.grad is not None]
+            if params:
+                norm = torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip)
+                finite = finite and bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
+            self._nonfinite_streak = 0
+        else:
+            self.nonfinite_skipped += 1
+            self._nonfinite_streak += 1
+        if self.nonfinite_skipped:
+            stats = {**stats, "nonfinite_skipped": float(self.nonfinite_skipped)}
         self.iteration += 1
         return stats
 
@@ -196,6 +217,14 @@ class Trainer:
             out_of_time = False
             while self.iteration < s.iterations and self._stop is None and not out_of_time:
                 stats = self.step()
+                if self._nonfinite_streak >= MAX_NONFINITE_STREAK:
+                    logger.log(self.iteration, **stats)
+                    tqdm.write(
+                        f"iteration {self.iteration}: the loss or gradients were not finite for "
+                        f"{self._nonfinite_streak} iterations in a row (all skipped); stopping. "
+                        f"The weights and {self.checkpoint_path} are finite."
+                    )
+                    return TrainResult(self.iteration, False, diverged=True)
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
                 it = self.iteration

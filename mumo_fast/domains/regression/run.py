@@ -181,6 +181,12 @@ def train(args: argparse.Namespace) -> int:
     elif args.init_from:
         trainer.init_from(resolve_model_path(args.init_from))
     result = trainer.fit()
+    if result.diverged:
+        print(
+            f"diverged at iteration {result.iteration}: the last checkpoint's weights are finite "
+            "and can start a new run (--init-from RUN_DIR/checkpoint.ckpt, or another --seed)"
+        )
+        return 1
     if not result.completed:
         print(f"stopped at iteration {result.iteration}; continue with --resume")
         return 130
