@@ -353,9 +353,9 @@ def markdown(result: dict, command: str, note: str | None = None) -> str:
         model += f"; every implementation clamps the inner gradients at ±{result['clamp']:g}"
     if result.get("weights"):
         title += ", trained weights"
+        model += f"; weights of the trained model `{result['weights']}`"
     if env["threads"] != 1:
         title += f", {env['threads']} threads"
-        model += f"; weights of the trained model `{result['weights']}`"
     lines = [
         title,
         "",
