@@ -3,6 +3,8 @@
 // dgamma, dbeta, dbias in the same pass). Layout [T, N, C, S], contiguous.
 #include <torch/library.h>
 
+#include <utility>
+
 #include "common.h"
 
 namespace mumo_fast {
@@ -65,6 +67,45 @@ void epilogue_fwd_kernel(const scalar_t* in, int64_t in_st, int64_t in_sn, int64
   });
 }
 
+// One row of S contiguous values: dz = act'(.) * gy * gc, and (sum du, sum du * z) over
+// the row, kept in kLanes independent partial sums so that the loop vectorises.
+template <typename scalar_t, Act A>
+inline std::pair<scalar_t, scalar_t> epilogue_bwd_row(const scalar_t* gy, const scalar_t* y,
+                                                      const scalar_t* z, scalar_t* dz,
+                                                      int64_t S, scalar_t gc) {
+  scalar_t r0 = 0, r1 = 0;
+  if (S < kLanes) {  // short rows: the lane arrays would cost more than they save
+    for (int64_t s = 0; s < S; ++s) {
+      const scalar_t du = apply_act_grad(gy[s], y[s], A);
+      dz[s] = du * gc;
+      r0 += du;
+      r1 += du * z[s];
+    }
+    return {r0, r1};
+  }
+  scalar_t a0[kLanes] = {0}, a1[kLanes] = {0};
+  int64_t s = 0;
+  for (; s + kLanes <= S; s += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const scalar_t du = apply_act_grad(gy[s + l], y[s + l], A);
+      dz[s + l] = du * gc;
+      a0[l] += du;
+      a1[l] += du * z[s + l];
+    }
+  }
+  for (; s < S; ++s) {
+    const scalar_t du = apply_act_grad(gy[s], y[s], A);
+    dz[s] = du * gc;
+    r0 += du;
+    r1 += du * z[s];
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    r0 += a0[l];
+    r1 += a1[l];
+  }
+  return {r0, r1};
+}
+
 // Backward. Per (t, c): Sdu = sum du, Sduz = sum du*z over N and S; then
 // dgamma = Sduz, dbeta = Sdu, dbias = gamma * Sdu (= sum dz). Partial sums are kept
 // in scalar_t over at most kFlushRows rows (so the loops vectorise) and added into
@@ -110,47 +151,11 @@ void epilogue_bwd_kernel(const scalar_t* gy, const scalar_t* y, const scalar_t* 
               }
               continue;
             }
-            if (S < kLanes) {
-              for (int64_t c = 0; c < C; ++c) {
-                const scalar_t gc = g[c];
-                scalar_t a0 = 0, a1 = 0;
-                for (int64_t i = c * S; i < (c + 1) * S; ++i) {
-                  const scalar_t du = apply_act_grad(gyr[i], yr[i], A);
-                  dzr[i] = du * gc;
-                  a0 += du;
-                  a1 += du * zr[i];
-                }
-                pd[c] += a0;
-                pz[c] += a1;
-              }
-              continue;
-            }
             for (int64_t c = 0; c < C; ++c) {
-              const scalar_t gc = g[c];
-              const int64_t o = c * S;
-              // kLanes independent partial sums, so the loop vectorises
-              scalar_t a0[kLanes] = {0}, a1[kLanes] = {0};
-              int64_t s = 0;
-              for (; s + kLanes <= S; s += kLanes) {
-                for (int l = 0; l < kLanes; ++l) {
-                  const int64_t i = o + s + l;
-                  const scalar_t du = apply_act_grad(gyr[i], yr[i], A);
-                  dzr[i] = du * gc;
-                  a0[l] += du;
-                  a1[l] += du * zr[i];
-                }
-              }
-              for (; s < S; ++s) {
-                const int64_t i = o + s;
-                const scalar_t du = apply_act_grad(gyr[i], yr[i], A);
-                dzr[i] = du * gc;
-                a0[0] += du;
-                a1[0] += du * zr[i];
-              }
-              for (int l = 0; l < kLanes; ++l) {
-                pd[c] += a0[l];
-                pz[c] += a1[l];
-              }
+              const auto sums = epilogue_bwd_row<scalar_t, A>(gyr + c * S, yr + c * S,
+                                                              zr + c * S, dzr + c * S, S, g[c]);
+              pd[c] += sums.first;
+              pz[c] += sums.second;
             }
           }
           for (int64_t c = 0; c < C; ++c) {
@@ -175,31 +180,10 @@ void epilogue_bwd_kernel(const scalar_t* gy, const scalar_t* y, const scalar_t* 
       acc_t r0 = 0, r1 = 0;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t off = ((t * N + n) * C + c) * S;
-        const scalar_t* gyp = gy + off;
-        const scalar_t* yp = y + off;
-        const scalar_t* zp = z + off;
-        scalar_t* dzp = dz + off;
-        scalar_t a0[kLanes] = {0}, a1[kLanes] = {0};
-        int64_t s = 0;
-        for (; s + kLanes <= S; s += kLanes) {
-          for (int l = 0; l < kLanes; ++l) {
-            const scalar_t gv = gyp[s + l], yv = yp[s + l], zv = zp[s + l];
-            const scalar_t du = apply_act_grad(gv, yv, A);
-            dzp[s + l] = du * gc;
-            a0[l] += du;
-            a1[l] += du * zv;
-          }
-        }
-        for (; s < S; ++s) {
-          const scalar_t du = apply_act_grad(gyp[s], yp[s], A);
-          dzp[s] = du * gc;
-          r0 += du;
-          r1 += acc_t(du) * acc_t(zp[s]);
-        }
-        for (int l = 0; l < kLanes; ++l) {
-          r0 += a0[l];
-          r1 += a1[l];
-        }
+        const auto sums =
+            epilogue_bwd_row<scalar_t, A>(gy + off, y + off, z + off, dz + off, S, gc);
+        r0 += sums.first;
+        r1 += sums.second;
       }
       dgamma[p] = scalar_t(r1);
       dbeta[p] = scalar_t(r0);
