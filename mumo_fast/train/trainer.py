@@ -160,14 +160,16 @@ class Trainer:
         self._load_weights(load_file(path), Path(path))
 
     # -- loop ----------------------------------------------------------------------------
+    def _logs(self, iteration: int) -> bool:
+        """Whether the stats of this iteration (counted from 1) go to the log."""
+        return iteration % self.settings.log_every == 0 or iteration == self.settings.iterations
+
     def step(self) -> dict[str, float]:
         self.learner.train()
         self.optimizer.zero_grad(set_to_none=True)
         # the post-modulation loss (an extra forward pass) only where it is logged
-        nxt = self.iteration + 1
-        logged = nxt % self.settings.log_every == 0 or nxt == self.settings.iterations
         stats = self.learner.meta_train_step(
-            self.sample_batch(self.generator), post_mod_loss=logged
+            self.sample_batch(self.generator), post_mod_loss=self._logs(self.iteration + 1)
         )
         finite = math.isfinite(stats["loss"])
         clip = self.settings.grad_clip
@@ -228,7 +230,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
                 it = self.iteration
-                if it % s.log_every == 0 or it == s.iterations:
+                if self._logs(it):
                     now = time.perf_counter()
                     logger.log(it, **stats, sec_per_iter=(now - tic) / (it - tic_iteration))
                     tic, tic_iteration = now, it

@@ -84,7 +84,7 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 raise UsageError(
                     f"--resume: this run was started with {key}={run[key]!r}, not {value!r}"
                 )
-        run["data"].setdefault("task_family", "spec")  # runs made before the option
+        run["data"]["task_family"] = task_family(run)  # runs made before the option
         for key in ("tasks_per_mode", "test_tasks_per_mode", "task_family"):
             value = getattr(args, key)
             if value is not None and value != run["data"][key]:
