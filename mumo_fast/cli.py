@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="evaluate runs on their fixed test tasks")
     ev.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    ev.add_argument(
+        "--test-tasks-per-mode", type=int,
+        help="evaluate on a fixed test set of this many tasks per mode instead of the run's "
+        "own (regression; the tasks are seeded, so every run sees the same ones)",
+    )  # fmt: skip
     _add_common(ev)
 
     pl = commands.add_parser("plot", help="draw each run's figures, and comparisons")

@@ -42,7 +42,12 @@ def markers(runs_dir: Path) -> tuple[str, str]:
     return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
 
 
-def metrics_for(run_dir: Path, evaluate: bool) -> dict | None:
+def test_size(m: dict) -> int:
+    """Test tasks per mode behind a metrics.json (older files did not record it)."""
+    return m.get("test_tasks_per_mode") or m["num_tasks"] // m["run"]["num_modes"]
+
+
+def metrics_for(run_dir: Path, evaluate: bool, test_tasks_per_mode: int | None) -> dict | None:
     from mumo_fast.domains.regression.run import evaluate_run
     from mumo_fast.train import load_file, resolve_model_path
 
@@ -53,14 +58,16 @@ def metrics_for(run_dir: Path, evaluate: bool) -> dict | None:
     path = run_dir / "metrics.json"
     if path.is_file():
         m = json.loads(path.read_text())
-        if m["run"].get("model_file") == model_file.name and m["run"].get(
-            "trained_iterations"
-        ) == load_file(model_file).get("iteration"):
+        if (
+            m["run"].get("model_file") == model_file.name
+            and m["run"].get("trained_iterations") == load_file(model_file).get("iteration")
+            and test_tasks_per_mode in (None, test_size(m))
+        ):
             return m
     if not evaluate:
         return None
     print(f"evaluating {run_dir.name} ({model_file.name})", flush=True)
-    return evaluate_run(run_dir)
+    return evaluate_run(run_dir, test_tasks_per_mode=test_tasks_per_mode)
 
 
 def cell(m: dict | None, key: str) -> str:
@@ -133,6 +140,10 @@ def main() -> int:
     parser.add_argument("--no-plot", action="store_true", help="skip the comparison figures")
     parser.add_argument("--results", default=str(ROOT / "RESULTS.md"))
     parser.add_argument("--runs", default=str(RUNS_DIR), help="folder of the run folders")
+    parser.add_argument(
+        "--test-tasks-per-mode", type=int,
+        help="evaluate every run on this many fixed test tasks per mode (default: each run's own)",
+    )  # fmt: skip
     args = parser.parse_args()
     runs_dir = Path(args.runs).resolve()
     import torch
@@ -143,7 +154,9 @@ def main() -> int:
         for modes in (2, 3):
             name = f"{prefix}_{modes}modes"
             if (runs_dir / name / "run.json").is_file():
-                results[name] = metrics_for(runs_dir / name, not args.no_eval)
+                results[name] = metrics_for(
+                    runs_dir / name, not args.no_eval, args.test_tasks_per_mode
+                )
     if not results:
         raise SystemExit(f"no runs in {runs_dir}")
     from mumo_fast.domains.regression.run import read_run, task_family
@@ -152,6 +165,10 @@ def main() -> int:
     if len(families) != 1:
         raise SystemExit(f"{runs_dir} mixes task families: {sorted(families)}")
     (family,) = families
+    sizes = {test_size(m) for m in results.values() if m is not None}
+    if len(sizes) != 1:
+        raise SystemExit(f"{runs_dir}: runs evaluated on different test-set sizes {sorted(sizes)}")
+    (size,) = sizes
     figs = [] if args.no_plot else plot(results, runs_dir)
     start, end = markers(runs_dir)
     rel = runs_dir.relative_to(ROOT) if runs_dir.is_relative_to(ROOT) else runs_dir
@@ -160,7 +177,7 @@ def main() -> int:
             start,
             f"### Table 1, task family `{family}` (`{rel}/`)",
             "",
-            "Test MSE on the fixed test set (1,000 tasks per mode, seeded; K = 5 support, "
+            f"Test MSE on the fixed test set ({size:,} tasks per mode, seeded; K = 5 support, "
             "L = 10 query points, noise sigma 0.3, so the floor is 0.09), mean ± 95% CI "
             "over tasks. Post-modulation = 0 inner steps; post-adaptation = 5 steps. Paper "
             "settings (`--preset paper`: inner lr 0.001, 5 steps, Adam 1e-3, grad-norm clip 2.0 "

@@ -80,6 +80,37 @@ def test_eval_and_plot_several_runs(runs, tmp_path, capsys):
     assert set(os.listdir(tmp_path / "cmp")) == {"mse_vs_steps.png", "functions_2modes.png"}
 
 
+def test_eval_on_a_larger_test_set(runs, capsys):
+    film, _ = runs
+    assert main(["eval", str(film), "--test-tasks-per-mode", "45"]) == 0
+    m = json.loads((film / "metrics.json").read_text())
+    assert m["num_tasks"] == 90 and m["test_tasks_per_mode"] == 45
+    model = mumo_fast.load(film)
+    full = model.evaluate(to_task_batch(fixed_test_set(2, 45)), 5)["per_step"]
+    assert full[5].mean().item() == pytest.approx(m["post_adaptation"]["mean"], rel=1e-4)
+    assert main(["eval", str(film), "--test-tasks-per-mode", "0"]) == 2
+    assert "test tasks per mode must be a positive int" in capsys.readouterr().err
+    assert main(["eval", str(film)]) == 0  # back to the run's own 30 per mode
+    assert json.loads((film / "metrics.json").read_text())["num_tasks"] == 60
+
+
+def test_authors_architecture_is_recorded_and_checked_on_resume(tmp_path, capsys):
+    out = tmp_path / "lstm"
+    arch = ["--encoder", "lstm", "--encoder-layers", "2", "--modulation-head", "linear"]
+    assert main(["train", "regression", "--out", str(out), *arch, *TINY, "--skip-eval"]) == 0
+    learner = json.loads((out / "run.json").read_text())["learner"]
+    assert learner["encoder"] == "lstm" and learner["encoder_layers"] == 2
+    assert learner["modulation_hidden"] is None
+    model = mumo_fast.load(out)
+    assert isinstance(model.encoder.rnn, torch.nn.LSTM) and model.encoder.rnn.num_layers == 2
+    assert all(isinstance(m, torch.nn.Linear) for m in model.modulation.heads)
+    resume = ["train", "regression", "--out", str(out), "--resume", "--quiet", "--skip-eval"]
+    assert main([*resume, "--encoder", "gru"]) == 2
+    assert "started with encoder='lstm'" in capsys.readouterr().err
+    assert main([*resume, "--modulation-head", "mlp"]) == 2
+    assert "started with modulation_head='linear'" in capsys.readouterr().err
+
+
 def test_resume_extends_and_init_from(runs, tmp_path):
     film, _ = runs
     assert main(["train", "regression", "--out", str(film), "--resume", "--iterations", "6",
@@ -151,6 +182,8 @@ def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tmp_path):
             "--device",
         ),  # fmt: skip
         (["train", "regression", "--threads", "0"], "--threads"),
+        (["train", "regression", "--method", "maml", "--encoder", "lstm"], "--encoder applies"),
+        (["train", "regression", "--encoder-layers", "0"], "encoder_layers must be an int >= 1"),
     ],
 )
 def test_bad_train_arguments(argv, message, tmp_path, capsys):

@@ -12,6 +12,8 @@ from .tasks import check_task_family, mode_names
 
 METHODS = ("maml", "multi-maml", "mumomaml")
 MODULATIONS = ("film", "sigmoid", "softmax")
+ENCODERS = ("gru", "lstm")
+MODULATION_HEADS = ("mlp", "linear")
 
 # The authors' released settings (SPEC 4.1).
 PAPER = {
@@ -45,11 +47,30 @@ EVAL_MAX_STEPS = 10
 
 
 def learner_config(
-    method: str, modulation: str, num_modes: int, preset: dict[str, Any]
+    method: str,
+    modulation: str,
+    num_modes: int,
+    preset: dict[str, Any],
+    encoder: str = "gru",
+    encoder_layers: int = 1,
+    modulation_head: str = "mlp",
 ) -> dict[str, Any]:
     """MetaLearner config (mumo_fast.meta.config keys): MLP 1-100-100-100-1, ReLU, FiLM on
-    the hidden layers; MuMoMAML adds a bidirectional GRU encoder (hidden 40) and one
-    hidden-layer modulation MLP per modulated layer."""
+    the hidden layers; MuMoMAML adds a bidirectional encoder (hidden 40; SPEC: a one-layer
+    GRU, the authors' code: a two-layer LSTM) and a modulation head per modulated layer
+    (SPEC: a one-hidden-layer MLP, the authors' code: one linear layer)."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+    if (
+        isinstance(encoder_layers, bool)
+        or not isinstance(encoder_layers, int)
+        or encoder_layers < 1
+    ):
+        raise ValueError(f"encoder_layers must be an int >= 1, got {encoder_layers!r}")
+    if modulation_head not in MODULATION_HEADS:
+        raise ValueError(
+            f"modulation_head must be one of {MODULATION_HEADS}, got {modulation_head!r}"
+        )
     return {
         "base": "mlp",
         "in_features": 1,
@@ -58,9 +79,10 @@ def learner_config(
         "method": method,
         "modulation": modulation,
         "num_modes": num_modes if method == "multi-maml" else 1,
-        "encoder": "gru",
+        "encoder": encoder,
         "encoder_hidden": 40,
-        "encoder_layers": 1,
+        "encoder_layers": encoder_layers,
+        "modulation_hidden": None if modulation_head == "linear" else 128,
         "inner_steps": preset["inner_steps"],
         "eval_steps": preset["inner_steps"],
         "inner_lr": preset["inner_lr"],
@@ -82,6 +104,9 @@ def run_config(
     tasks_per_mode: int | None = None,
     test_tasks_per_mode: int | None = None,
     task_family: str = "spec",
+    encoder: str = "gru",
+    encoder_layers: int = 1,
+    modulation_head: str = "mlp",
 ) -> dict[str, Any]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -124,7 +149,9 @@ def run_config(
             "seed": seed,
         },
         "eval": {"adapt_steps": preset["inner_steps"], "max_steps": EVAL_MAX_STEPS},
-        "learner": learner_config(method, modulation, num_modes, preset),
+        "learner": learner_config(
+            method, modulation, num_modes, preset, encoder, encoder_layers, modulation_head
+        ),
     }
 
 

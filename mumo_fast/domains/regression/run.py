@@ -23,7 +23,16 @@ from .. import UsageError
 from . import figures
 from .data import make_sampler, to_task_batch
 from .metrics import evaluate_learner
-from .presets import METHODS, MODULATIONS, PRESETS, TEST_TASKS_PER_MODE, run_config, run_label
+from .presets import (
+    ENCODERS,
+    METHODS,
+    MODULATION_HEADS,
+    MODULATIONS,
+    PRESETS,
+    TEST_TASKS_PER_MODE,
+    run_config,
+    run_label,
+)
 from .tasks import TASK_FAMILIES, RegressionTasks, fixed_test_set, sample_tasks
 
 RUN_FILE = "run.json"
@@ -51,6 +60,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--task-family", choices=tuple(TASK_FAMILIES),
         help="spec (default): SPEC 4.1, sinusoids with a random frequency in [0.5, 2]; "
         "authors-code: the authors' released code, sinusoids of frequency 1, phase in [0, pi]",
+    )  # fmt: skip
+    p.add_argument(
+        "--encoder", choices=ENCODERS,
+        help="MuMoMAML's bidirectional task encoder; default: gru (SPEC; the authors' code: lstm)",
+    )  # fmt: skip
+    p.add_argument(
+        "--encoder-layers", type=int,
+        help="layers of the task encoder; default: 1 (SPEC; the authors' code: 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--modulation-head", choices=MODULATION_HEADS,
+        help="per modulated layer: a one-hidden-layer MLP (default, SPEC) "
+        "or one linear layer (the authors' code)",
     )  # fmt: skip
 
 
@@ -91,6 +113,16 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 raise UsageError(
                     f"--resume: this run was started with {key}={run['data'][key]}, not {value}"
                 )
+        architecture = {
+            "encoder": args.encoder, "encoder_layers": args.encoder_layers,
+            "modulation_head": args.modulation_head,
+        }  # fmt: skip
+        for key, value in architecture.items():
+            if value is not None and value != _architecture(run)[key]:
+                raise UsageError(
+                    f"--resume: this run was started with {key}={_architecture(run)[key]!r}, "
+                    f"not {value!r}"
+                )
         if args.iterations is not None:
             run["train"]["iterations"] = args.iterations
     else:
@@ -102,16 +134,33 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return run
 
 
+def _architecture(run: dict[str, Any]) -> dict[str, Any]:
+    learner = run["learner"]
+    return {
+        "encoder": learner["encoder"],
+        "encoder_layers": learner["encoder_layers"],
+        "modulation_head": "linear" if learner.get("modulation_hidden", 128) is None else "mlp",
+    }
+
+
 def _new_run_config(args: argparse.Namespace) -> dict[str, Any]:
     method = args.method or "mumomaml"
     if args.modulation is not None and method != "mumomaml":
         raise UsageError(f"--modulation applies to --method mumomaml only (got {method})")
+    given = [
+        f for f in ("encoder", "encoder_layers", "modulation_head") if getattr(args, f) is not None
+    ]
+    if given and method != "mumomaml":
+        flag = "--" + given[0].replace("_", "-")
+        raise UsageError(f"{flag} applies to --method mumomaml only (got {method})")
     try:
         return run_config(
             method, args.modulation or "film", args.modes or 2, args.preset or "default",
             iterations=args.iterations, seed=0 if args.seed is None else args.seed,
             tasks_per_mode=args.tasks_per_mode, test_tasks_per_mode=args.test_tasks_per_mode,
-            task_family=args.task_family or "spec",
+            task_family=args.task_family or "spec", encoder=args.encoder or "gru",
+            encoder_layers=1 if args.encoder_layers is None else args.encoder_layers,
+            modulation_head=args.modulation_head or "mlp",
         )  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -207,20 +256,32 @@ def task_family(run: dict[str, Any]) -> str:
     return run["data"].get("task_family", "spec")  # runs made before the option: spec
 
 
-def get_test_set(run: dict[str, Any]) -> RegressionTasks:
-    key = (run["num_modes"], run["data"]["test_tasks_per_mode"], task_family(run))
+def get_test_set(run: dict[str, Any], tasks_per_mode: int | None = None) -> RegressionTasks:
+    """The run's fixed test set, or one of ``tasks_per_mode`` tasks per mode (same seed)."""
+    size = run["data"]["test_tasks_per_mode"] if tasks_per_mode is None else tasks_per_mode
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"test tasks per mode must be a positive int, got {size!r}")
+    key = (run["num_modes"], size, task_family(run))
     if key not in _TEST_SETS:
         d = run["data"]
         _TEST_SETS[key] = fixed_test_set(key[0], key[1], d["k_support"], d["l_query"], key[2])
     return _TEST_SETS[key]
 
 
-def evaluate_run(run_dir: str | Path, device: torch.device | str = "cpu", learner=None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    device: torch.device | str = "cpu",
+    learner=None,
+    test_tasks_per_mode: int | None = None,
+) -> dict:
+    """Test metrics of a run (written to its metrics.json); ``test_tasks_per_mode``
+    overrides the size of the run's fixed test set."""
     run = read_run(run_dir)
+    tasks = get_test_set(run, test_tasks_per_mode)
     learner = learner if learner is not None else load_learner(run_dir, device)
     metrics = evaluate_learner(
         learner,
-        get_test_set(run),
+        tasks,
         run["mode_names"],
         run["eval"]["adapt_steps"],
         run["eval"]["max_steps"],
@@ -230,6 +291,7 @@ def evaluate_run(run_dir: str | Path, device: torch.device | str = "cpu", learne
     metrics["run"]["iterations"] = run["train"]["iterations"]
     metrics["run"]["trained_iterations"] = load_file(model_file).get("iteration")
     metrics["run"]["model_file"] = model_file.name
+    metrics["test_tasks_per_mode"] = len(tasks) // run["num_modes"]
     (Path(run_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -259,7 +321,8 @@ def evaluate(args: argparse.Namespace) -> int:
     rows = []
     for run_dir in args.runs:
         run = read_run(run_dir)
-        rows.append((Path(run_dir), run, evaluate_run(run_dir, device)))
+        metrics = evaluate_run(run_dir, device, test_tasks_per_mode=args.test_tasks_per_mode)
+        rows.append((Path(run_dir), run, metrics))
     print_table(rows)
     return 0
 
