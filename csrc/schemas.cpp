@@ -15,6 +15,9 @@ TORCH_LIBRARY(mumo_fast, m) {
       "conv_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? gamma, Tensor? beta,"
       " int[2] stride, int[2] padding, str act) -> (Tensor, Tensor)");
   m.def(
+      "conv_bwd_per_task(Tensor dz, Tensor x, Tensor weight, int[2] stride, int[2] padding,"
+      " bool need_x, bool need_w, int im2col_max_positions) -> (Tensor, Tensor)");
+  m.def(
       "epilogue_bwd(Tensor gy, Tensor y, Tensor z, Tensor? gamma, str act)"
       " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
@@ -29,7 +32,8 @@ TORCH_LIBRARY(mumo_fast, m) {
 // mumo_fast/ops/functions.py differentiate them): differentiating one directly
 // raises instead of silently returning a graph-less output.
 TORCH_LIBRARY_IMPL(mumo_fast, Autograd, m) {
-  for (const char* name : {"linear_fwd", "linear_lowrank_fwd", "conv_fwd", "epilogue_bwd",
+  for (const char* name : {"linear_fwd", "linear_lowrank_fwd", "conv_fwd", "conv_bwd_per_task",
+                           "epilogue_bwd",
                            "bn_fwd", "bn_bwd"}) {
     m.impl(name, torch::autograd::autogradNotImplementedFallback());
   }

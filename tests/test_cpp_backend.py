@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mumo_fast import ops
 from mumo_fast.ops import available_backends
 from mumo_fast.ops.backends import cpp, eager
 
@@ -66,6 +67,12 @@ def _samples(dtype, requires_grad=False):
         wc = r(t, o, 2, 3, 3) if k % 2 == 0 else r(o, 2, 3, 3)
         stride, pad = ([2, 1], [1, 0]) if k < 2 else ([1, 1], [1, 1])
         out.append(("conv_fwd", (r(t, n, 2, 7, 6), wc, b, gm, be, stride, pad, act)))
+        if k % 2 == 0:
+            dzc = r(t, n, o, 4 if k < 2 else 7, 4 if k < 2 else 6)
+            xc = r(t, n, 2, 7, 6)
+            for max_positions in (0, 64):  # aten route, im2col route
+                args = (dzc, xc, wc, stride, pad, True, True, max_positions)
+                out.append(("conv_bwd_per_task", args))
         for s in (1, 19):
             x4 = r(t, n, o, s)
             y4 = eager.bn_fwd(x4.detach(), b, be, gm, None, 1e-5, act)[0]
@@ -102,6 +109,8 @@ def test_raw_op_backward_raises():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_raw_op_parity_with_eager(dtype):
     for name, args in _samples(dtype):
+        if name == "conv_bwd_per_task":  # a cpp-only hook: test_conv_bwd_per_task_matches_...
+            continue
         _close(getattr(cpp, name)(*args), getattr(eager, name)(*args), dtype)
 
 
@@ -262,33 +271,80 @@ def test_clamped_sgd_matches_reference_to_second_order(clamp):
     assert gradgradcheck(f("cpp"), args)
 
 
-def test_conv_backward_task_loop_matches_grouped_to_second_order():
+def test_film_conv2d_small_output_backward_uses_im2col_and_matches_reference():
+    """Per-task film_conv2d whose output is at most 2x2 (the cpp backward's im2col route):
+    gradients against the reference backend, and fp64 gradcheck / gradgradcheck."""
     from torch.autograd import gradcheck, gradgradcheck
 
+    assert cpp.IM2COL_MAX_POSITIONS >= 4
+    dtype = torch.float64
+    x = _rand(3, 4, 5, 4, 3, dtype=dtype).requires_grad_()
+    w = _rand(3, 6, 5, 3, 3, dtype=dtype).requires_grad_()
+    b, g, be = (_rand(3, 6, dtype=dtype).requires_grad_() for _ in range(3))
+
+    def f(backend):
+        return lambda *a: ops.film_conv2d(*a, stride=2, padding=1, activation="relu",
+                                          backend=backend)  # fmt: skip
+
+    args = (x, w, b, g, be)
+    y = f("cpp")(*args)
+    assert y.shape[-2:] == (2, 2)
+    gy = _rand(*y.shape, dtype=dtype)
+    got = torch.autograd.grad(y, args, gy)
+    want = torch.autograd.grad(f("reference")(*args), args, gy)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    small = (x[:2, :2, :2], w[:2, :3, :2], b[:2, :3], g[:2, :3], be[:2, :3])
+    small = tuple(t.detach().requires_grad_() for t in small)
+    assert gradcheck(f("cpp"), small)
+    assert gradgradcheck(f("cpp"), small)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((3, 2, 2, 6, 5), (3, 2), (2, 1), (1, 1)),
+        ((2, 5, 3, 7, 7), (3, 3), (2, 2), (1, 1)),  # an Omniglot block, small
+        ((4, 3, 1, 4, 4), (3, 3), (2, 2), (0, 2)),
+        ((2, 1, 4, 3, 1), (1, 1), (1, 1), (0, 0)),
+    ],
+)
+def test_conv_bwd_per_task_matches_grouped_aten(dtype, shape, kernel, stride, padding):
+    """The cpp backend's first backward of per-task conv (im2col + GEMMs) against the
+    grouped aten.convolution_backward used everywhere else, for each gradient mask."""
     from mumo_fast.ops.functions import _conv_input_weight_grads
 
-    dtype = torch.float64
-    t, n, c, o = 3, 2, 2, 3
-    x = _rand(t, n, c, 6, 5, dtype=dtype).requires_grad_()
-    for w in (_rand(t, o, c, 3, 2, dtype=dtype), _rand(o, c, 3, 2, dtype=dtype)):
-        w.requires_grad_()
-        dz = _rand(t, n, o, 3, 6, dtype=dtype).requires_grad_()
-        args = (dz, x, w, (2, 1), (1, 1))
-        for need in ((True, True), (False, True), (True, False)):
-            got = _conv_input_weight_grads(*args, *need, loop_tasks=True)
-            want = _conv_input_weight_grads(*args, *need)
+    t, n, c, h, w_ = shape
+    o = 3
+    x = _rand(t, n, c, h, w_, dtype=dtype)
+    w = _rand(t, o, c, *kernel, dtype=dtype)
+    ho = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    wo = (w_ + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    dz = _rand(t, n, o, ho, wo, dtype=dtype)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    raw = torch.ops.mumo_fast.conv_bwd_per_task
+    geometry = (list(stride), list(padding))
+    for need in ((True, True), (False, True), (True, False)):
+        want = _conv_input_weight_grads(dz, x, w, stride, padding, *need)
+        routes = [cpp.conv_bwd_per_task(dz, x, w, stride, padding, *need)]
+        for max_positions in (0, 10**6):  # each route whatever the size: aten, im2col
+            dx, dw = raw(dz, x, w, *geometry, *need, max_positions)
+            routes.append((dx if need[0] else None, dw if need[1] else None))
+        for got in routes:
             for g, e in zip(got, want):
                 assert (g is None) == (e is None)
                 if e is not None:
-                    torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
-
-    # second order on a small per-task case (gradgradcheck cost grows fast with size)
-    xs = _rand(2, 1, 1, 4, 3, dtype=dtype).requires_grad_()
-    ws = _rand(2, 2, 1, 2, 2, dtype=dtype).requires_grad_()
-    dzs = _rand(2, 1, 2, 3, 4, dtype=dtype).requires_grad_()
-
-    def f(dz_, x_, w_):
-        return _conv_input_weight_grads(dz_, x_, w_, (2, 1), (1, 1), True, True, loop_tasks=True)
-
-    assert gradcheck(f, (dzs, xs, ws))
-    assert gradgradcheck(f, (dzs, xs, ws))
+                    torch.testing.assert_close(g, e, rtol=tol, atol=tol)
+    # non-contiguous inputs, and a dtype the kernel does not cover (the aten loop)
+    dz_nc = dz.transpose(3, 4).contiguous().transpose(3, 4)
+    x_nc = x.transpose(0, 1).contiguous().transpose(0, 1)
+    want = _conv_input_weight_grads(dz, x, w, stride, padding, True, True)
+    for max_positions in (0, 10**6):
+        for g, e in zip(raw(dz_nc, x_nc, w, *geometry, True, True, max_positions), want):
+            torch.testing.assert_close(g, e, rtol=tol, atol=tol)
+    if dtype == torch.float32:
+        half = [a.bfloat16() for a in (dz, x, w)]
+        got = cpp.conv_bwd_per_task(*half, stride, padding, True, True)
+        for g, e in zip(got, _conv_input_weight_grads(dz, x, w, stride, padding, True, True)):
+            torch.testing.assert_close(g.float(), e, rtol=0.05, atol=0.05)

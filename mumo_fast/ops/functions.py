@@ -258,11 +258,10 @@ class FilmLinearLowRankFunction(_Function):
         )
 
 
-def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w, loop_tasks=False):
+def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w):
     """Differentiable grads of z = conv(x, weight) in the task layout, via
-    aten.convolution_backward (which has its own double-backward formula). Per-task
-    weights: one grouped call, or with ``loop_tasks`` one call per task (a backend's
-    choice, ``PER_TASK_CONV_LOOP``: on CPU the loop measured faster)."""
+    aten.convolution_backward (which has its own double-backward formula); per-task
+    weights through one grouped call."""
     t, n, c, h, w = x.shape
     mask = [bool(need_x), bool(need_w), False]
     args = (list(stride), list(padding), [1, 1], False, [0, 0])
@@ -277,14 +276,6 @@ def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w, loo
             mask,
         )
         return (None if dx is None else dx.reshape(x.shape)), dw
-    if loop_tasks:
-        outs = [
-            torch.ops.aten.convolution_backward(dz[i], x[i], weight[i], None, *args, 1, mask)
-            for i in range(t)
-        ]
-        dx = torch.stack([o[0] for o in outs]) if need_x else None
-        dw = torch.stack([o[1] for o in outs]) if need_w else None
-        return dx, dw
     o = weight.shape[1]
     dx, dw, _ = torch.ops.aten.convolution_backward(
         dz.transpose(0, 1).reshape(n, t * o, *dz.shape[3:]),
@@ -345,18 +336,14 @@ class FilmConv2dFunction(_Function):
         if dz is None:
             return (None,) * 9
         dz = dz.reshape(y.shape)
-        dx, dweight = _conv_input_weight_grads(
-            dz,
-            x,
-            weight,
-            ctx.stride,
-            ctx.padding,
-            ctx.needs_input_grad[0],
-            ctx.needs_input_grad[1],
-            # the task loop measured faster for the first backward only; its double backward
-            # (one convolution_backward per task) was 2x slower than the grouped call's
-            getattr(ctx.backend, "PER_TASK_CONV_LOOP", False) and not torch.is_grad_enabled(),
-        )
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        per_task_bwd = getattr(ctx.backend, "conv_bwd_per_task", None)
+        if per_task_bwd is not None and weight.dim() == 5 and not torch.is_grad_enabled():
+            # a backend's faster first backward; when the backward itself must be
+            # differentiable (create_graph), aten's grouped call, which has a derivative
+            dx, dweight = per_task_bwd(dz, x, weight, ctx.stride, ctx.padding, *need)
+        else:
+            dx, dweight = _conv_input_weight_grads(dz, x, weight, ctx.stride, ctx.padding, *need)
         has_bias, has_gamma, has_beta = ctx.has
         if has_bias and dbias is not None and ctx.bias_shared:
             dbias = dbias.sum(0)

@@ -18,7 +18,15 @@ from . import cpp_build, eager
 
 _state: dict[str, object] = {}
 _FAST_DTYPES = (torch.float32, torch.float64)
-OP_NAMES = ("linear_fwd", "linear_lowrank_fwd", "conv_fwd", "epilogue_bwd", "bn_fwd", "bn_bwd")
+OP_NAMES = (
+    "linear_fwd",
+    "linear_lowrank_fwd",
+    "conv_fwd",
+    "conv_bwd_per_task",
+    "epilogue_bwd",
+    "bn_fwd",
+    "bn_bwd",
+)
 
 
 def available() -> bool:
@@ -113,10 +121,36 @@ def _raw(name: str):
     return _OPS[name]
 
 
-# Per-task conv weights: the autograd Function's backward loops over tasks (one
-# aten.convolution_backward each); on CPU this measured 1.5-3x faster than the grouped
-# call, which also copies x and dz into the [N, T*C, H, W] layout.
-PER_TASK_CONV_LOOP = True
+# Output positions (HO*WO) up to which the per-task conv backward uses the C++ im2col +
+# GEMM route; above, one aten.convolution_backward (oneDNN) per task. Measured on the
+# 2-core Xeon of BENCHMARKS.md (1 thread, T=32, N=80, 64->64, 3x3 stride 2, both grads):
+# 4x4 input (2x2 output) 19.2 ms against aten's 28.4; 7x7 67.8 against 64.7; 14x14 287.6
+# against 232.1; the 28x28 1->64 layer (weight grad only) 58.4 against 30.5.
+IM2COL_MAX_POSITIONS = 4
+
+
+def conv_bwd_per_task(dz, x, weight, stride, padding, need_x: bool, need_w: bool):
+    """Input and weight grads of z = conv(x, weight) with per-task weights, for the
+    Function's first backward (not differentiable; its double backward uses aten's
+    grouped call): dz [T,N,O,HO,WO], x [T,N,C,H,W], weight [T,O,C,KH,KW]
+    -> (dx | None, dweight | None). Task by task (measured 1.5-3x faster than the
+    grouped call, which also copies x and dz into the [N, T*C, H, W] layout) in C++,
+    with the im2col route for small outputs (see above); other dtypes: aten per task."""
+    if _fast(x):
+        dx, dw = _raw("conv_bwd_per_task")(
+            dz, x, weight, list(stride), list(padding), bool(need_x), bool(need_w),
+            IM2COL_MAX_POSITIONS,
+        )  # fmt: skip
+        return (dx if need_x else None), (dw if need_w else None)
+    mask = [bool(need_x), bool(need_w), False]
+    args = (list(stride), list(padding), [1, 1], False, [0, 0], 1, mask)
+    outs = [
+        torch.ops.aten.convolution_backward(dz[i], x[i], weight[i], None, *args)
+        for i in range(x.shape[0])
+    ]
+    dx = torch.stack([o[0] for o in outs]) if need_x else None
+    dw = torch.stack([o[1] for o in outs]) if need_w else None
+    return dx, dw
 
 
 def clamped_sgd(params, grads, lr, clamp) -> list[Tensor]:
@@ -160,6 +194,10 @@ def _fake_conv(x, weight, bias, gamma, beta, stride, padding, act):
     return _like(x, t, n, o, ho, wo), _like(x, t, n, o, ho, wo)
 
 
+def _fake_conv_bwd_per_task(dz, x, weight, stride, padding, need_x, need_w, max_positions):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
 def _fake_epilogue_bwd(gy, y, z, gamma, act):
     t, _, c, _ = z.shape
     return torch.empty_like(z), _like(z, t, c), _like(z, t, c), _like(z, t, c)
@@ -179,6 +217,7 @@ _FAKES = {
     "linear_fwd": _fake_linear,
     "linear_lowrank_fwd": _fake_linear_lowrank,
     "conv_fwd": _fake_conv,
+    "conv_bwd_per_task": _fake_conv_bwd_per_task,
     "epilogue_bwd": _fake_epilogue_bwd,
     "bn_fwd": _fake_bn_fwd,
     "bn_bwd": _fake_bn_bwd,
