@@ -2,16 +2,16 @@
 // per-task weights, task by task, written straight into the [T, ...] outputs while
 // each task's result is still in cache (a torch.stack of per-task results afterwards
 // cost ~10% of film_conv2d's forward+backward at 7x7).
-// Two routes per task, chosen by the number of output positions P = HO*WO:
-// * P <= im2col_max_positions: explicit im2col + two GEMMs,
-//     cols [N*P, KH*KW*C] = im2col(x[t])  (channels-last order: runs of C values)
-//     dzt  [N*P, O]       = dz[t] in row-per-position layout
-//     dw[t] = dzt^T cols,  dx[t] = col2im(dzt weight[t]),
-//   one large GEMM per gradient instead of oneDNN's backward, whose fixed cost per call
-//   dominates at tiny outputs;
-// * otherwise at::convolution_backward (oneDNN).
-// The threshold comes from measurements (mumo_fast/ops/backends/cpp.py). Dilation 1,
-// groups 1 (the ops API's only convolution).
+// Two routes for each gradient, chosen by the number of output positions P = HO*WO
+// (thresholds from measurements, in mumo_fast/ops/backends/cpp.py):
+// * im2col + GEMM, over chunks of images:
+//     cols [n*P, KH*KW*C] = im2col(x[t] chunk)  (channels-last order: runs of C values)
+//     dzt  [n*P, O]       = dz[t] chunk, one row of O gradients per output position
+//     dw[t] += dzt^T cols,  dx[t] chunk = col2im(dzt weight[t]);
+//   one large GEMM instead of oneDNN's backward, whose fixed cost per call dominates at
+//   small outputs (and whose input gradient was slower at every Omniglot shape);
+// * at::convolution_backward (oneDNN).
+// Dilation 1, groups 1 (the ops API's only convolution).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -20,6 +20,8 @@
 namespace mumo_fast {
 
 namespace {
+
+constexpr int64_t kChunkRows = 256;
 
 struct Geometry {
   int64_t N, C, H, W, O, KH, KW, HO, WO, SH, SW, PH, PW;
@@ -83,13 +85,10 @@ void col2im_cl(const scalar_t* dcols, scalar_t* dx_cl, const Geometry& g) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> conv_bwd_per_task(const at::Tensor& dz_in,
-                                                     const at::Tensor& x_in,
-                                                     const at::Tensor& w_in,
-                                                     at::IntArrayRef stride,
-                                                     at::IntArrayRef padding, bool need_x,
-                                                     bool need_w,
-                                                     int64_t im2col_max_positions) {
+std::tuple<at::Tensor, at::Tensor> conv_bwd_per_task(
+    const at::Tensor& dz_in, const at::Tensor& x_in, const at::Tensor& w_in,
+    at::IntArrayRef stride, at::IntArrayRef padding, bool need_x, bool need_w,
+    int64_t dx_im2col_max_positions, int64_t dw_im2col_max_positions) {
   TORCH_CHECK(x_in.dim() == 5 && w_in.dim() == 5 && dz_in.dim() == 5,
               "mumo_fast.conv_bwd_per_task: dz, x and weight must be 5-D ([T, N, O, HO, WO], "
               "[T, N, C, H, W], [T, O, C, KH, KW]), got ",
@@ -114,45 +113,64 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd_per_task(const at::Tensor& dz_in,
               " is not the convolution's output size");
   at::Tensor dx = need_x ? at::empty_like(x) : at::Tensor();
   at::Tensor dw = need_w ? at::empty_like(w) : at::Tensor();
-  if (!need_x && !need_w) return {dx, dw};
   const int64_t P = g.P(), K = g.K(), rows = g.N * P;
+  const bool x_i2c = need_x && P <= dx_im2col_max_positions;
+  const bool w_i2c = need_w && P <= dw_im2col_max_positions;
+  const std::array<bool, 3> aten_mask{need_x && !x_i2c, need_w && !w_i2c, false};
+  const bool aten = aten_mask[0] || aten_mask[1];
+  // Images in chunks of about kChunkRows GEMM rows, so that a chunk's columns stay in
+  // cache between im2col, the GEMMs and col2im.
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(g.N, kChunkRows / P));
 
-  if (P > im2col_max_positions) {
-    const std::array<bool, 3> mask{need_x, need_w, false};
-    // a serial loop: oneDNN parallelises each call itself (and spun without end when
-    // called from inside at::parallel_for's OpenMP region)
-    for (int64_t t = 0; t < T; ++t) {
-      auto grads = at::convolution_backward(dz[t], x[t], w[t], c10::nullopt, stride, padding,
-                                            {1, 1}, false, {0, 0}, 1, mask);
-      if (need_x) dx[t].copy_(std::get<0>(grads));
-      if (need_w) dw[t].copy_(std::get<1>(grads));
-    }
-    return {dx, dw};
-  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_bwd_per_task", [&] {
-    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    auto tasks = [&](int64_t begin, int64_t end) {
       const auto opt = x.options();
-      at::Tensor cols = need_w ? at::empty({rows, K}, opt) : at::Tensor();
-      at::Tensor dcols = need_x ? at::empty({rows, K}, opt) : at::Tensor();
-      at::Tensor dw_cl = need_w ? at::empty({g.O, K}, opt) : at::Tensor();
-      at::Tensor dx_cl = need_x ? at::empty({g.N, g.H, g.W, g.C}, opt) : at::Tensor();
+      at::Tensor cols = (x_i2c || w_i2c) ? at::empty({chunk * P, K}, opt) : at::Tensor();
+      at::Tensor dw_cl = w_i2c ? at::empty({g.O, K}, opt) : at::Tensor();
+      at::Tensor dx_cl = x_i2c ? at::empty({g.N, g.H, g.W, g.C}, opt) : at::Tensor();
       for (int64_t t = begin; t < end; ++t) {
+        if (aten) {
+          auto grads = at::convolution_backward(dz[t], x[t], w[t], c10::nullopt, stride,
+                                                padding, {1, 1}, false, {0, 0}, 1, aten_mask);
+          if (aten_mask[0]) dx[t].copy_(std::get<0>(grads));
+          if (aten_mask[1]) dw[t].copy_(std::get<1>(grads));
+        }
+        if (!x_i2c && !w_i2c) continue;
         // [N, O, P] -> [N, P, O]: one row of O gradients per output position.
         const at::Tensor dzt = dz[t].view({g.N, g.O, P}).transpose(1, 2).reshape({rows, g.O});
-        if (need_w) {
-          const at::Tensor x_cl = x[t].permute({0, 2, 3, 1}).contiguous();
-          im2col_cl(x_cl.data_ptr<scalar_t>(), cols.data_ptr<scalar_t>(), g);
-          at::mm_out(dw_cl, dzt.t(), cols);
-          dw[t].copy_(dw_cl.view({g.O, g.KH, g.KW, g.C}).permute({0, 3, 1, 2}));
+        const at::Tensor x_cl = w_i2c ? x[t].permute({0, 2, 3, 1}).contiguous() : at::Tensor();
+        const at::Tensor w_cl = x_i2c ? w[t].permute({0, 2, 3, 1}).reshape({g.O, K}) : at::Tensor();
+        for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+          Geometry gc = g;
+          gc.N = std::min(chunk, g.N - n0);
+          const at::Tensor dz_c = dzt.narrow(0, n0 * P, gc.N * P);
+          at::Tensor cols_c = cols.narrow(0, 0, gc.N * P);
+          if (w_i2c) {
+            im2col_cl(x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C,
+                      cols_c.data_ptr<scalar_t>(), gc);
+            if (n0 == 0) {
+              at::mm_out(dw_cl, dz_c.t(), cols_c);
+            } else {
+              dw_cl.addmm_(dz_c.t(), cols_c);
+            }
+          }
+          if (x_i2c) {  // cols_c now holds the chunk's column gradients
+            at::mm_out(cols_c, dz_c, w_cl);
+            col2im_cl(cols_c.data_ptr<scalar_t>(),
+                      dx_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C, gc);
+          }
         }
-        if (need_x) {
-          const at::Tensor w_cl = w[t].permute({0, 2, 3, 1}).reshape({g.O, K});
-          at::mm_out(dcols, dzt, w_cl);
-          col2im_cl(dcols.data_ptr<scalar_t>(), dx_cl.data_ptr<scalar_t>(), g);
-          dx[t].copy_(dx_cl.permute({0, 3, 1, 2}));
-        }
+        if (w_i2c) dw[t].copy_(dw_cl.view({g.O, g.KH, g.KW, g.C}).permute({0, 3, 1, 2}));
+        if (x_i2c) dx[t].copy_(dx_cl.permute({0, 3, 1, 2}));
       }
-    });
+    };
+    if (aten) {
+      // serial: oneDNN parallelises each call itself (and spun without end when called
+      // from inside at::parallel_for's OpenMP region)
+      tasks(0, T);
+    } else {
+      at::parallel_for(0, T, 1, tasks);
+    }
   });
   return {dx, dw};
 }

@@ -16,7 +16,8 @@ TORCH_LIBRARY(mumo_fast, m) {
       " int[2] stride, int[2] padding, str act) -> (Tensor, Tensor)");
   m.def(
       "conv_bwd_per_task(Tensor dz, Tensor x, Tensor weight, int[2] stride, int[2] padding,"
-      " bool need_x, bool need_w, int im2col_max_positions) -> (Tensor, Tensor)");
+      " bool need_x, bool need_w, int dx_im2col_max_positions, int dw_im2col_max_positions)"
+      " -> (Tensor, Tensor)");
   m.def(
       "epilogue_bwd(Tensor gy, Tensor y, Tensor z, Tensor? gamma, str act)"
       " -> (Tensor, Tensor, Tensor, Tensor)");

@@ -121,12 +121,16 @@ def _raw(name: str):
     return _OPS[name]
 
 
-# Output positions (HO*WO) up to which the per-task conv backward uses the C++ im2col +
-# GEMM route; above, one aten.convolution_backward (oneDNN) per task. Measured on the
-# 2-core Xeon of BENCHMARKS.md (1 thread, T=32, N=80, 64->64, 3x3 stride 2, both grads):
-# 4x4 input (2x2 output) 19.2 ms against aten's 28.4; 7x7 67.8 against 64.7; 14x14 287.6
-# against 232.1; the 28x28 1->64 layer (weight grad only) 58.4 against 30.5.
-IM2COL_MAX_POSITIONS = 4
+# Output positions (HO*WO) up to which the per-task conv backward computes each gradient
+# through the C++ im2col + GEMM route instead of one aten.convolution_backward (oneDNN)
+# per task. Measured by bench/conv_bwd_routes_cpu.py on the 2-core Xeon of BENCHMARKS.md
+# (1 thread, T=32, N=80, 3x3 stride 2; bench/results/cpu_conv_bwd_routes_quiet.txt):
+# im2col was faster for the input gradient at every Omniglot layer (28x28 1->64 73 vs
+# 113 ms, 14x14 157 vs 164, 7x7 35 vs 41, 4x4 10.5 vs 16.5) and for the weight gradient
+# only at 4x4 (11.4 vs 14.0; 7x7 39.8 vs 30.7). Above the largest measured output
+# (14x14 = 196 positions) aten, unmeasured otherwise.
+DX_IM2COL_MAX_POSITIONS = 196
+DW_IM2COL_MAX_POSITIONS = 4
 
 
 def conv_bwd_per_task(dz, x, weight, stride, padding, need_x: bool, need_w: bool):
@@ -135,11 +139,11 @@ def conv_bwd_per_task(dz, x, weight, stride, padding, need_x: bool, need_w: bool
     grouped call): dz [T,N,O,HO,WO], x [T,N,C,H,W], weight [T,O,C,KH,KW]
     -> (dx | None, dweight | None). Task by task (measured 1.5-3x faster than the
     grouped call, which also copies x and dz into the [N, T*C, H, W] layout) in C++,
-    with the im2col route for small outputs (see above); other dtypes: aten per task."""
+    each gradient by im2col + GEMM or by aten (see above); other dtypes: aten per task."""
     if _fast(x):
         dx, dw = _raw("conv_bwd_per_task")(
             dz, x, weight, list(stride), list(padding), bool(need_x), bool(need_w),
-            IM2COL_MAX_POSITIONS,
+            DX_IM2COL_MAX_POSITIONS, DW_IM2COL_MAX_POSITIONS,
         )  # fmt: skip
         return (dx if need_x else None), (dw if need_w else None)
     mask = [bool(need_x), bool(need_w), False]
@@ -194,7 +198,7 @@ def _fake_conv(x, weight, bias, gamma, beta, stride, padding, act):
     return _like(x, t, n, o, ho, wo), _like(x, t, n, o, ho, wo)
 
 
-def _fake_conv_bwd_per_task(dz, x, weight, stride, padding, need_x, need_w, max_positions):
+def _fake_conv_bwd_per_task(dz, x, weight, stride, padding, need_x, need_w, dx_max, dw_max):
     return torch.empty_like(x), torch.empty_like(weight)
 
 
