@@ -114,32 +114,37 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd_per_task(
   at::Tensor dx = need_x ? at::empty_like(x) : at::Tensor();
   at::Tensor dw = need_w ? at::empty_like(w) : at::Tensor();
   const int64_t P = g.P(), K = g.K(), rows = g.N * P;
-  const bool x_i2c = need_x && P <= dx_im2col_max_positions;
-  const bool w_i2c = need_w && P <= dw_im2col_max_positions;
+  // im2col needs a GEMM-able floating type; other dtypes take aten's route throughout
+  const bool i2c_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+  const bool x_i2c = need_x && i2c_dtype && P <= dx_im2col_max_positions;
+  const bool w_i2c = need_w && i2c_dtype && P <= dw_im2col_max_positions;
   const std::array<bool, 3> aten_mask{need_x && !x_i2c, need_w && !w_i2c, false};
-  const bool aten = aten_mask[0] || aten_mask[1];
+  if (aten_mask[0] || aten_mask[1]) {
+    // serial: oneDNN parallelises each call itself (and spun without end when called
+    // from inside at::parallel_for's OpenMP region)
+    for (int64_t t = 0; t < T; ++t) {
+      auto grads = at::convolution_backward(dz[t], x[t], w[t], c10::nullopt, stride, padding,
+                                            {1, 1}, false, {0, 0}, 1, aten_mask);
+      if (aten_mask[0]) dx[t].copy_(std::get<0>(grads));
+      if (aten_mask[1]) dw[t].copy_(std::get<1>(grads));
+    }
+  }
+  if (!x_i2c && !w_i2c) return {dx, dw};
   // Images in chunks of about kChunkRows GEMM rows, so that a chunk's columns stay in
   // cache between im2col, the GEMMs and col2im.
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(g.N, kChunkRows / P));
-
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_bwd_per_task", [&] {
-    auto tasks = [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
       const auto opt = x.options();
-      at::Tensor cols = (x_i2c || w_i2c) ? at::empty({chunk * P, K}, opt) : at::Tensor();
+      at::Tensor cols = at::empty({chunk * P, K}, opt);
       at::Tensor dw_cl = w_i2c ? at::empty({g.O, K}, opt) : at::Tensor();
       at::Tensor dx_cl = x_i2c ? at::empty({g.N, g.H, g.W, g.C}, opt) : at::Tensor();
       for (int64_t t = begin; t < end; ++t) {
-        if (aten) {
-          auto grads = at::convolution_backward(dz[t], x[t], w[t], c10::nullopt, stride,
-                                                padding, {1, 1}, false, {0, 0}, 1, aten_mask);
-          if (aten_mask[0]) dx[t].copy_(std::get<0>(grads));
-          if (aten_mask[1]) dw[t].copy_(std::get<1>(grads));
-        }
-        if (!x_i2c && !w_i2c) continue;
         // [N, O, P] -> [N, P, O]: one row of O gradients per output position.
         const at::Tensor dzt = dz[t].view({g.N, g.O, P}).transpose(1, 2).reshape({rows, g.O});
         const at::Tensor x_cl = w_i2c ? x[t].permute({0, 2, 3, 1}).contiguous() : at::Tensor();
-        const at::Tensor w_cl = x_i2c ? w[t].permute({0, 2, 3, 1}).reshape({g.O, K}) : at::Tensor();
+        const at::Tensor w_cl =
+            x_i2c ? w[t].permute({0, 2, 3, 1}).reshape({g.O, K}) : at::Tensor();
         for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
           Geometry gc = g;
           gc.N = std::min(chunk, g.N - n0);
@@ -163,14 +168,7 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd_per_task(
         if (w_i2c) dw[t].copy_(dw_cl.view({g.O, g.KH, g.KW, g.C}).permute({0, 3, 1, 2}));
         if (x_i2c) dx[t].copy_(dx_cl.permute({0, 3, 1, 2}));
       }
-    };
-    if (aten) {
-      // serial: oneDNN parallelises each call itself (and spun without end when called
-      // from inside at::parallel_for's OpenMP region)
-      tasks(0, T);
-    } else {
-      at::parallel_for(0, T, 1, tasks);
-    }
+    });
   });
   return {dx, dw};
 }
