@@ -1,0 +1,40 @@
+"""scripts/collect_table1.py on tiny runs: the RESULTS.md block, the test-set size it states,
+and re-evaluation on a larger fixed test set."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mumo_fast.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--iterations", "3", "--tasks-per-mode", "2", "--test-tasks-per-mode", "12"]
+TINY += ["--quiet", "--no-tensorboard", "--skip-eval"]
+
+
+def _collect(runs: Path, results: Path, *extra: str) -> str:
+    cmd = [sys.executable, str(ROOT / "scripts" / "collect_table1.py"), "--runs", str(runs),
+           "--results", str(results), "--no-plot", *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return results.read_text()
+
+
+def test_collect_writes_the_table_and_reevaluates_on_request(tmp_path):
+    runs = tmp_path / "regression_tiny"
+    assert main(["train", "regression", "--out", str(runs / "film_2modes"), *TINY]) == 0
+    assert main(["train", "regression", "--method", "maml", "--out", str(runs / "maml_2modes"),
+                 *TINY]) == 0  # fmt: skip
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nkept text\n")
+    text = _collect(runs, results)
+    assert "kept text" in text and "<!-- regression-table1-regression_tiny:start -->" in text
+    assert "(12 tasks per mode" in text
+    assert "| MuMoMAML, FiLM | 2 | 3 |" in text and "| MAML | 2 | 3 |" in text
+    assert "| MuMoMAML, sigmoid | 2 | not run |" in text
+    text = _collect(runs, results, "--test-tasks-per-mode", "40")
+    assert "(40 tasks per mode" in text and "(12 tasks per mode" not in text
+    assert text.count("regression-table1-regression_tiny:start") == 1
+    metrics = json.loads((runs / "film_2modes" / "metrics.json").read_text())
+    assert metrics["num_tasks"] == 80 and metrics["test_tasks_per_mode"] == 40
