@@ -82,7 +82,6 @@ def learner_config(
         "encoder": encoder,
         "encoder_hidden": 40,
         "encoder_layers": encoder_layers,
-        "modulation_hidden": None if modulation_head == "linear" else 128,
         "inner_steps": preset["inner_steps"],
         "eval_steps": preset["inner_steps"],
         "inner_lr": preset["inner_lr"],
@@ -90,6 +89,8 @@ def learner_config(
         "inner_grad_clamp": preset["inner_grad_clamp"] if method == "mumomaml" else None,
         "first_order": preset["first_order"],
         "loss": "mse",
+        # None: one linear layer per modulated layer; otherwise the learner's default MLP
+        **({"modulation_hidden": None} if modulation_head == "linear" else {}),
     }
 
 

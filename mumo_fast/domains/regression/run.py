@@ -139,7 +139,7 @@ def _architecture(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "encoder": learner["encoder"],
         "encoder_layers": learner["encoder_layers"],
-        "modulation_head": "linear" if learner.get("modulation_hidden", 128) is None else "mlp",
+        "modulation_head": "linear" if learner.get("modulation_hidden", "") is None else "mlp",
     }
 
 
