@@ -95,9 +95,9 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd_per_task(
               dz_in.sizes(), ", ", x_in.sizes(), ", ", w_in.sizes());
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2,
               "mumo_fast.conv_bwd_per_task: stride and padding must be pairs");
-  // detached: a raw op (the autograd Functions differentiate it), and out= GEMMs refuse
-  // inputs that require grad (grad mode is thread-local, so a guard would not reach the
-  // parallel workers)
+  // detached: a raw op (the autograd Functions differentiate it), and the out= GEMMs
+  // refuse inputs that require grad, which a NoGradGuard here did not prevent (the im2col
+  // route runs in at::parallel_for's worker threads; grad mode is thread-local)
   const at::Tensor x = x_in.detach().contiguous(), w = w_in.detach().contiguous(),
                    dz = dz_in.detach().contiguous();
   const int64_t T = x.size(0);
