@@ -70,10 +70,15 @@ def metrics_for(run_dir: Path, evaluate: bool, test_tasks_per_mode: int | None) 
     return evaluate_run(run_dir, test_tasks_per_mode=test_tasks_per_mode)
 
 
+def number(v: float) -> str:
+    """4 decimals; huge or non-finite means (a diverged inner loop) in scientific form."""
+    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.3g}"
+
+
 def cell(m: dict | None, key: str) -> str:
     if m is None:
         return "-"
-    return f"{m[key]['mean']:.4f} ± {m[key]['ci95']:.4f}"
+    return f"{number(m[key]['mean'])} ± {number(m[key]['ci95'])}"
 
 
 def budget(m: dict | None) -> str:
