@@ -117,11 +117,11 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "encoder": args.encoder, "encoder_layers": args.encoder_layers,
             "modulation_head": args.modulation_head,
         }  # fmt: skip
+        recorded = _architecture(run)
         for key, value in architecture.items():
-            if value is not None and value != _architecture(run)[key]:
+            if value is not None and value != recorded[key]:
                 raise UsageError(
-                    f"--resume: this run was started with {key}={_architecture(run)[key]!r}, "
-                    f"not {value!r}"
+                    f"--resume: this run was started with {key}={recorded[key]!r}, not {value!r}"
                 )
         if args.iterations is not None:
             run["train"]["iterations"] = args.iterations
