@@ -1,10 +1,12 @@
-"""scripts/collect_table1.py on tiny runs: the RESULTS.md block, the test-set size it states,
-and re-evaluation on a larger fixed test set."""
+"""The Table 1 scripts on tiny runs: collect_table1.py (the RESULTS.md block, the test-set
+size it states, re-evaluation on a larger fixed test set) and task_error_tail.py."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from mumo_fast.cli import main
 
@@ -38,3 +40,25 @@ def test_collect_writes_the_table_and_reevaluates_on_request(tmp_path):
     assert text.count("regression-table1-regression_tiny:start") == 1
     metrics = json.loads((runs / "film_2modes" / "metrics.json").read_text())
     assert metrics["num_tasks"] == 80 and metrics["test_tasks_per_mode"] == 40
+
+
+def test_number_format_for_diverged_means():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from collect_table1 import number
+
+    assert number(0.33591) == "0.3359" and number(7.13e13) == "7.13e+13"
+    assert number(float("nan")) == "nan" and number(float("inf")) == "inf"
+
+
+def test_task_error_tail_matches_the_metrics(tmp_path):
+    run = tmp_path / "film"
+    assert main(["train", "regression", "--out", str(run), *TINY]) == 0
+    assert main(["eval", str(run)]) == 0
+    mean = json.loads((run / "metrics.json").read_text())["post_adaptation"]["mean"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "task_error_tail.py"), str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    cols = proc.stdout.splitlines()[-1].split()
+    assert cols[0] == "film" and int(cols[1]) == 24
+    assert float(cols[2]) == pytest.approx(mean, rel=1e-3)
+    assert 0 < float(cols[5]) <= 1
