@@ -12,6 +12,10 @@ Implementations (identical parameters; their gradients are checked against the l
           100x100 layers, dense for the 1x100 and 100x1 ones), "lowrank" (every layer) or
           "dense" (without the post-modulation loss it can also report, which the
           baselines do not compute either)
+  mumo_compiled
+          mumo_auto with learner.use_compiled_inner_loop(): the inner loop and query forward
+          through torch.compile (inductor); the compile happens in the warm-up steps and its
+          time is reported separately (compile_s), never inside the timed steps
   loop    per task: functional params, torch.autograd.grad(create_graph=True) inner steps,
           query loss kept; the mean of the query losses backward once (the authors' style)
   vmap    torch.func.vmap over tasks of the inner loop written with torch.func.grad
@@ -51,7 +55,7 @@ from _report import cpu_name, update_markdown, write_json  # noqa: E402
 
 from mumo_fast.meta import MetaLearner, TaskBatch  # noqa: E402
 
-IMPLS = ("mumo_auto", "mumo_lowrank", "mumo_dense", "loop", "vmap", "higher")
+IMPLS = ("mumo_auto", "mumo_compiled", "mumo_lowrank", "mumo_dense", "loop", "vmap", "higher")
 STEPS, LR, K, Q = 5, 1e-3, 5, 10
 METHOD = "mumomaml"  # --method maml: the base network alone (no encoder, no FiLM)
 CLAMP = None  # --clamp: element-wise inner-gradient clamp (the paper's MuMoMAML uses 10)
@@ -215,8 +219,12 @@ def higher_step(learner: MetaLearner, batch: TaskBatch, first_order: bool, modul
 
 def runner(impl: str, first_order: bool, backend: str | None = None):
     """A learner and a function performing one meta-step (zero_grad + forward + backward)."""
-    fast = {"mumo_dense": "dense", "mumo_auto": "auto"}.get(impl, "lowrank")
+    fast = {"mumo_dense": "dense", "mumo_auto": "auto", "mumo_compiled": "auto"}.get(
+        impl, "lowrank"
+    )
     learner = make_learner(fast, first_order, backend)
+    if impl == "mumo_compiled":
+        learner.use_compiled_inner_loop()
     module = FiLMMLPModule(learner) if impl == "higher" else None
 
     def step(batch: TaskBatch) -> float:
@@ -253,10 +261,15 @@ def check_gradients(impls, first_order: bool, batch: TaskBatch, backend: str | N
 def time_impls(
     impls, first_order: bool, batch: TaskBatch, repeats: int, warmup: int, backend: str | None
 ) -> dict:
+    """Per implementation: the timed repeats, and (key "warmup") the warm-up steps' times
+    (for mumo_compiled the first one includes the compile)."""
     runners = {impl: runner(impl, first_order, backend)[1] for impl in impls}
+    warm = {impl: [] for impl in impls}
     for _ in range(warmup):
         for impl in impls:
+            t0 = time.perf_counter()
             runners[impl](batch)
+            warm[impl].append(time.perf_counter() - t0)
     times = {impl: [] for impl in impls}
     for r in range(repeats):
         order = impls[r % len(impls) :] + impls[: r % len(impls)]
@@ -264,7 +277,7 @@ def time_impls(
             t0 = time.perf_counter()
             runners[impl](batch)
             times[impl].append(time.perf_counter() - t0)
-    return times
+    return {"timed": times, "warmup": warm}
 
 
 def _rss_bytes() -> int:
@@ -281,6 +294,8 @@ def memory_child(impl: str, first_order: bool, tasks: int, backend: str | None) 
 
     batch = make_batch(tasks)
     _, step = runner(impl, first_order, backend)
+    if impl == "mumo_compiled":
+        step(batch)  # the compiler's own memory is not the step's
     gc.collect()
     base = _rss_bytes()
     peak = [base]
@@ -438,7 +453,8 @@ def main() -> None:
     for order in args.orders.split(","):
         first = order == "first"
         errors = check_gradients(impls, first, batch, args.backend)
-        times = time_impls(impls, first, batch, args.repeats, args.warmup, args.backend)
+        timing = time_impls(impls, first, batch, args.repeats, args.warmup, args.backend)
+        times = timing["timed"]
         med = {impl: median(ts) for impl, ts in times.items()}
         rows = {}
         for impl in impls:
@@ -449,6 +465,7 @@ def main() -> None:
                 "vs_vmap": med["vmap"] / med[impl] if "vmap" in med else float("nan"),
                 "grad_error": errors[impl],
                 "times_s": times[impl],
+                "warmup_s": timing["warmup"][impl],
             }
             if not args.no_memory:
                 rows[impl]["peak_mb"] = peak_memory(

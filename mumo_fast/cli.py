@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--no-tensorboard", action="store_true", help="JSON-lines log only")
         p.add_argument("--skip-eval", action="store_true", help="no test evaluation or figures")
+        p.add_argument(
+            "--compile", action="store_true",
+            help="inner loop through torch.compile (MLP bases; compiles for tens of seconds, "
+            "then faster meta-steps; see BENCHMARKS.md)",
+        )  # fmt: skip
         _add_common(p)
 
     ev = commands.add_parser("eval", help="evaluate runs on their fixed test tasks")

@@ -210,3 +210,21 @@ def test_bad_run_folders_and_choices(runs, tmp_path, capsys):
     assert "invalid choice" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         mumo_fast.load(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_compile_trains_the_same_model(tmp_path):
+    """--compile runs the inner loop through torch.compile: same training up to rounding."""
+    torch._dynamo.reset()
+    common = ["--iterations", "3", "--tasks-per-mode", "2", "--quiet", "--no-tensorboard"]
+    common += ["--skip-eval", "--seed", "5"]
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert main(["train", "regression", "--out", str(eager), *common]) == 0
+    assert main(["train", "regression", "--out", str(compiled), "--compile", *common]) == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    torch._dynamo.reset()
+    a = torch.load(eager / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(compiled / "model.pt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -238,6 +238,27 @@ def test_conv4_matches_loop(method):
     check_against_loop(make(cfg), image_batch(), tol={"atol": 1e-9, "rtol": 1e-8})
 
 
+@pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
+def test_mlp_classifier_matches_loop(fast_weights):
+    """Cross entropy on an MLP: the chain path's written-out loss gradient (output_grad)."""
+    g = torch.Generator().manual_seed(4)
+    t, k, q, c = 4, 6, 5, 3
+    batch = TaskBatch(
+        torch.randn(t, k, 2, generator=g, dtype=torch.float64),
+        torch.randint(0, c, (t, k), generator=g),
+        torch.randn(t, q, 2, generator=g, dtype=torch.float64),
+        torch.randint(0, c, (t, q), generator=g),
+    )
+    cfg = mlp_cfg(
+        method="maml",
+        in_features=2,
+        out_features=c,
+        loss="cross_entropy",
+        fast_weights=fast_weights,
+    )
+    check_against_loop(make(cfg), batch)
+
+
 @pytest.mark.parametrize("fast_weights", ["dense", "auto"])
 def test_generic_path_equals_written_out_chain(fast_weights, monkeypatch):
     """The MLP takes the written-out chain backward; forcing the generic autograd path

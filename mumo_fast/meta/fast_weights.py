@@ -42,7 +42,10 @@ _LINEAR_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def linear_layers(base: nn.Module) -> dict[nn.Module, tuple[str, str | None]]:
     """Every FiLMLinear layer of ``base`` with its (weight, bias) parameter names
     (cached per module; the structure of a base network does not change)."""
-    cached = _LINEAR_CACHE.get(base)
+    # (torch.compile traces the scan instead: guards on the cache's changing contents
+    # broke Dynamo's guard building when a second network was compiled.)
+    compiling = torch.compiler.is_compiling()
+    cached = None if compiling else _LINEAR_CACHE.get(base)
     if cached is None:
         cached = {}
         for name, module in base.named_modules():
@@ -52,7 +55,8 @@ def linear_layers(base: nn.Module) -> dict[nn.Module, tuple[str, str | None]]:
                     prefix + "weight",
                     prefix + "bias" if module.bias is not None else None,
                 )
-        _LINEAR_CACHE[base] = cached
+        if not compiling:
+            _LINEAR_CACHE[base] = cached
     return dict(cached)
 
 

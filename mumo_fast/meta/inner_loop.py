@@ -193,11 +193,14 @@ def inner_step(
     layers = linear_layers(base)
     # First order on a known chain: the support forward needs no graph at all (only the
     # loss gradient w.r.t. the output, taken from a detached copy).
-    no_graph = not create_graph and _IS_CHAIN.get(base, False)
+    # (Not under torch.compile: the compiler prunes the unused graph itself, and a
+    # guard on this mutable cache made Dynamo recompile every step.)
+    compiling = torch.compiler.is_compiling()
+    no_graph = not create_graph and not compiling and _IS_CHAIN.get(base, False)
     with torch.set_grad_enabled(torch.is_grad_enabled() and not no_graph):
         out, records = forward(base, fw, x, film, record=True)
     chain = _chain(fw, records, out, layers)
-    if not no_graph:
+    if not no_graph and not compiling:
         _IS_CHAIN[base] = chain is not None
     elif chain is None:  # the structure changed after all: redo the step with a graph
         _IS_CHAIN[base] = False
@@ -205,8 +208,12 @@ def inner_step(
     if chain is not None:
         if no_graph:
             out = out.detach().requires_grad_()
-        loss = loss_fn(out, y).sum()
-        (g_out,) = torch.autograd.grad(loss, out, create_graph=create_graph)
+        output_grad = getattr(loss_fn, "output_grad", None)
+        if output_grad is not None:
+            g_out = output_grad(out, y)
+        else:
+            loss = loss_fn(out, y).sum()
+            (g_out,) = torch.autograd.grad(loss, out, create_graph=create_graph)
         with torch.set_grad_enabled(create_graph):
             ds = _chain_pre_film_grads(fw, records, chain, layers, g_out)
         names, params, grads = [], [], []

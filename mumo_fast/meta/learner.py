@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import ops
 from ..models import MLP, Conv4
 from .batch import TaskBatch, check_modes
 from .config import resolve_config
@@ -59,6 +60,14 @@ def mse_per_task(out: Tensor, y: Tensor) -> Tensor:
     return (out - y).square().flatten(1).mean(1)
 
 
+def _mse_output_grad(out: Tensor, y: Tensor) -> Tensor:
+    """d(sum over tasks of mse_per_task)/d out, written out (no autograd.grad call)."""
+    return (out - y) * (2.0 / out[0].numel())
+
+
+mse_per_task.output_grad = _mse_output_grad  # type: ignore[attr-defined]
+
+
 def cross_entropy_per_task(out: Tensor, y: Tensor) -> Tensor:
     """logits [T, N, C], labels [T, N] -> mean cross entropy per task [T]."""
     t, n, c = out.shape
@@ -67,6 +76,15 @@ def cross_entropy_per_task(out: Tensor, y: Tensor) -> Tensor:
         .reshape(t, n)
         .mean(1)
     )
+
+
+def _cross_entropy_output_grad(out: Tensor, y: Tensor) -> Tensor:
+    """d(sum over tasks of cross_entropy_per_task)/d logits, written out."""
+    onehot = F.one_hot(y, out.shape[-1]).to(out.dtype)
+    return (torch.softmax(out, -1) - onehot) * (1.0 / out.shape[1])
+
+
+cross_entropy_per_task.output_grad = _cross_entropy_output_grad  # type: ignore[attr-defined]
 
 
 class MetaLearner(nn.Module):
@@ -222,21 +240,67 @@ class MetaLearner(nn.Module):
     def _adapted_query(self, batch: TaskBatch, steps: int, first_order: bool):
         """Query output after ``steps`` inner steps, and the film used (with graph)."""
         film = self._film(batch.support_x, batch.support_y)
-        fw = self._initial(batch.num_tasks, batch.support_x.shape[1], steps, batch.modes, False)
+        compiled = self.__dict__.get("_compiled_adapt")
+        if compiled is not None:
+            previous = ops.get_backend()
+            ops.set_backend("reference")  # inductor fuses the plain torch ops itself
+            try:
+                out = compiled(
+                    film, batch.support_x, batch.support_y, batch.query_x, batch.modes,
+                    steps, first_order,
+                )  # fmt: skip
+            finally:
+                ops.set_backend(previous)
+        else:
+            out = self._adapt_and_query(
+                film, batch.support_x, batch.support_y, batch.query_x, batch.modes,
+                steps, first_order,
+            )  # fmt: skip
+        return out, film
+
+    def _adapt_and_query(
+        self, film, support_x, support_y, query_x, modes, steps: int, first_order: bool
+    ) -> Tensor:
+        fw = self._initial(support_x.shape[0], support_x.shape[1], steps, modes, False)
         fw = adapt(
             self.template,
             fw,
             film,
-            batch.support_x,
-            batch.support_y,
+            support_x,
+            support_y,
             self.loss_fn,
             steps,
             self._lr,
             self._config["inner_grad_clamp"],
             first_order,
         )
-        out, _ = forward(self.template, fw, batch.query_x, film)
-        return out, film
+        return forward(self.template, fw, query_x, film)[0]
+
+    def use_compiled_inner_loop(self, enabled: bool = True) -> None:
+        """Run :meth:`meta_train_step`'s inner loop and query forward through
+        ``torch.compile`` (inductor; the task encoder and heads stay eager). The inner
+        gradients of an MLP base are written out as plain differentiable ops (no
+        ``autograd.grad``), so the meta-gradient is one ordinary backward through the
+        compiled graph: same values as eager up to float rounding, second order
+        included. The first step of each new shape compiles (tens of seconds on CPU;
+        needs a C++ compiler). Only the ``mlp`` base with the ``reference`` ops (the
+        default ``auto`` picks them for linear layers on CPU) is supported."""
+        if enabled:
+            cfg = self._config
+            if cfg["base"] != "mlp":
+                raise ValueError(
+                    f"use_compiled_inner_loop needs config['base']='mlp', got {cfg['base']!r} "
+                    "(the conv base's inner gradients go through autograd.grad, which "
+                    "compiled graphs cannot differentiate twice)"
+                )
+            if cfg["backend"] not in (None, "auto", "reference"):
+                raise ValueError(
+                    "use_compiled_inner_loop needs config['backend'] None, 'auto' or "
+                    f"'reference' (inductor generates the fused kernels), got {cfg['backend']!r}"
+                )
+        self.__dict__["_compiled_adapt"] = (
+            torch.compile(self._adapt_and_query, dynamic=False) if enabled else None
+        )
 
     # ------------------------------------------------------------------ public API
     def meta_train_step(self, batch: TaskBatch, post_mod_loss: bool = True) -> dict[str, float]:

@@ -207,6 +207,8 @@ def train(args: argparse.Namespace) -> int:
 
     seed_everything(run["seed"])
     learner = MetaLearner.from_config(run["learner"])
+    if args.compile:
+        learner.use_compiled_inner_loop()
     data = run["data"]
     trainer = Trainer(
         learner,
