@@ -28,13 +28,25 @@ def test_collect_writes_the_table_and_reevaluates_on_request(tmp_path):
     assert main(["train", "regression", "--out", str(runs / "film_2modes"), *TINY]) == 0
     assert main(["train", "regression", "--method", "maml", "--out", str(runs / "maml_2modes"),
                  *TINY]) == 0  # fmt: skip
+    assert main(["train", "regression", "--out", str(runs / "film_2modes_seed1"), "--seed", "1",
+                 *TINY]) == 0  # fmt: skip
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\nkept text\n")
     text = _collect(runs, results)
     assert "kept text" in text and "<!-- regression-table1-regression_tiny:start -->" in text
     assert "(12 tasks per mode" in text
-    assert "| MuMoMAML, FiLM | 2 | 3 |" in text and "| MAML | 2 | 3 |" in text
-    assert "| MuMoMAML, sigmoid | 2 | not run |" in text
+    assert "| MuMoMAML, FiLM | 2 | 0 | 3 |" in text and "| MAML | 2 | 0 | 3 |" in text
+    assert "| MuMoMAML, sigmoid | 2 | 0 | not run |" in text
+    # a second seed gets its own row and a mean over seeds; medians come from the metrics
+    seeds = [json.loads((runs / n / "metrics.json").read_text())["post_adaptation"]
+             for n in ("film_2modes", "film_2modes_seed1")]  # fmt: skip
+    rows = [r for r in text.splitlines() if r.startswith("| MuMoMAML, FiLM | 2 |")]
+    assert [r.split(" | ")[2] for r in rows] == ["0", "1", "mean of 2"]
+    for row, m in zip(rows, seeds):
+        assert row.split(" | ")[7] == f"{m['median']:.4f}" and m["median"] != m["mean"]
+    mean = (seeds[0]["mean"] + seeds[1]["mean"]) / 2
+    assert rows[2].split(" | ")[6] == f"{mean:.4f}"
+    assert "| MAML | 2 | mean of" not in text
     text = _collect(runs, results, "--test-tasks-per-mode", "40")
     assert "(40 tasks per mode" in text and "(12 tasks per mode" not in text
     assert text.count("regression-table1-regression_tiny:start") == 1

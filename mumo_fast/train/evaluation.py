@@ -30,15 +30,21 @@ def per_step_losses(
     return torch.cat(parts, dim=1)
 
 
+def _median(row: Tensor) -> float:
+    return float(row.double().nanquantile(0.5)) if row.numel() else float("nan")
+
+
 def summarize(per_step: Tensor, adapt_steps: int) -> dict:
     """Post-modulation (step 0) and post-adaptation (step `adapt_steps`) mean and CI, and the curve."""
     pm, pm_ci = mean_ci95(per_step[0])
     pa, pa_ci = mean_ci95(per_step[adapt_steps])
     curve = [mean_ci95(row) for row in per_step]
+    # (medians too: per-task errors are heavy-tailed, and a rare diverging inner loop
+    # can dominate a mean)
     return {
         "num_tasks": per_step.shape[1],
         "adapt_steps": adapt_steps,
-        "post_modulation": {"mean": pm, "ci95": pm_ci},
-        "post_adaptation": {"mean": pa, "ci95": pa_ci},
+        "post_modulation": {"mean": pm, "ci95": pm_ci, "median": _median(per_step[0])},
+        "post_adaptation": {"mean": pa, "ci95": pa_ci, "median": _median(per_step[adapt_steps])},
         "per_step": {"mean": [m for m, _ in curve], "ci95": [c for _, c in curve]},
     }
