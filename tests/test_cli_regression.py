@@ -216,10 +216,12 @@ def test_bad_run_folders_and_choices(runs, tmp_path, capsys):
 def test_compile_trains_the_same_model(tmp_path):
     """--compile runs the inner loop through torch.compile: same training up to rounding."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # (reset keeps them)
     common = ["--iterations", "3", "--tasks-per-mode", "2", "--quiet", "--no-tensorboard"]
     common += ["--skip-eval", "--seed", "5"]
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     assert main(["train", "regression", "--out", str(eager), *common]) == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
     assert main(["train", "regression", "--out", str(compiled), "--compile", *common]) == 0
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     torch._dynamo.reset()
