@@ -74,3 +74,14 @@ def test_task_error_tail_matches_the_metrics(tmp_path):
     assert cols[0] == "film" and int(cols[1]) == 24
     assert float(cols[2]) == pytest.approx(mean, rel=1e-3)
     assert 0 < float(cols[5]) <= 1
+    proc = subprocess.run([*cmd, "--worst", "3"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    listed = [line for line in proc.stdout.splitlines() if line.startswith("  task ")]
+    assert len(listed) == 3
+    largest = float(proc.stdout.splitlines()[1].split()[4])
+    first = [float(v) for v in listed[0].split("steps: ")[1].split()]
+    assert len(first) == 6 and first[-1] == pytest.approx(largest, rel=1e-2)  # the worst task
+    assert all(
+        float(a.split("steps: ")[1].split()[-1]) >= float(b.split("steps: ")[1].split()[-1])
+        for a, b in zip(listed, listed[1:])
+    )
