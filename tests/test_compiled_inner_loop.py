@@ -1,6 +1,9 @@
 """MetaLearner.use_compiled_inner_loop: torch.compile of the inner loop and query forward
 gives the per-task loop's meta-gradients (float64), and refuses what it cannot compile."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 from test_meta_inner import check_against_loop, make, mlp_cfg, regression_batch
@@ -43,9 +46,21 @@ def test_compiled_can_be_switched_off():
     learner = make(mlp_cfg())
     learner.use_compiled_inner_loop()
     learner.use_compiled_inner_loop(False)
-    assert learner.__dict__["_compiled_adapt"] is None
     check_against_loop(learner, regression_batch())
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+
+
+def test_copies_and_pickles_of_a_compiled_learner_use_their_own_weights():
+    learner = make(mlp_cfg())
+    learner.use_compiled_inner_loop()
+    batch = regression_batch()
+    check_against_loop(learner, batch)
+    for other in (copy.deepcopy(learner), pickle.loads(pickle.dumps(learner))):
+        with torch.no_grad():
+            for p in other.parameters():
+                p.mul_(1.1)
+        check_against_loop(other, batch)  # its own weights, still compiled
+        assert other.__dict__["_compile_inner_loop"]
 
 
 @pytest.mark.parametrize(

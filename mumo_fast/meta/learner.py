@@ -240,41 +240,17 @@ class MetaLearner(nn.Module):
     def _adapted_query(self, batch: TaskBatch, steps: int, first_order: bool):
         """Query output after ``steps`` inner steps, and the film used (with graph)."""
         film = self._film(batch.support_x, batch.support_y)
-        compiled = self.__dict__.get("_compiled_adapt")
-        if compiled is not None:
+        args = (self, film, batch.support_x, batch.support_y, batch.query_x, batch.modes)
+        if self.__dict__.get("_compile_inner_loop", False):
             previous = ops.get_backend()
             ops.set_backend("reference")  # inductor fuses the plain torch ops itself
             try:
-                out = compiled(
-                    film, batch.support_x, batch.support_y, batch.query_x, batch.modes,
-                    steps, first_order,
-                )  # fmt: skip
+                out = _compiled_adapt_and_query()(*args, steps, first_order)
             finally:
                 ops.set_backend(previous)
         else:
-            out = self._adapt_and_query(
-                film, batch.support_x, batch.support_y, batch.query_x, batch.modes,
-                steps, first_order,
-            )  # fmt: skip
+            out = _adapt_and_query(*args, steps, first_order)
         return out, film
-
-    def _adapt_and_query(
-        self, film, support_x, support_y, query_x, modes, steps: int, first_order: bool
-    ) -> Tensor:
-        fw = self._initial(support_x.shape[0], support_x.shape[1], steps, modes, False)
-        fw = adapt(
-            self.template,
-            fw,
-            film,
-            support_x,
-            support_y,
-            self.loss_fn,
-            steps,
-            self._lr,
-            self._config["inner_grad_clamp"],
-            first_order,
-        )
-        return forward(self.template, fw, query_x, film)[0]
 
     def use_compiled_inner_loop(self, enabled: bool = True) -> None:
         """Run :meth:`meta_train_step`'s inner loop and query forward through
@@ -298,9 +274,9 @@ class MetaLearner(nn.Module):
                     "use_compiled_inner_loop needs config['backend'] None, 'auto' or "
                     f"'reference' (inductor generates the fused kernels), got {cfg['backend']!r}"
                 )
-        self.__dict__["_compiled_adapt"] = (
-            torch.compile(self._adapt_and_query, dynamic=False) if enabled else None
-        )
+        # (a flag, not a compiled bound method: copies and pickles of the learner must not
+        # carry a function bound to this instance)
+        self.__dict__["_compile_inner_loop"] = bool(enabled)
 
     # ------------------------------------------------------------------ public API
     def meta_train_step(self, batch: TaskBatch, post_mod_loss: bool = True) -> dict[str, float]:
@@ -430,6 +406,36 @@ class MetaLearner(nn.Module):
         self._check_inputs(support_x, support_y, "support_x", "support_y")
         with torch.no_grad():
             return self.encoder(support_x, support_y)
+
+
+def _adapt_and_query(
+    learner: MetaLearner, film, support_x, support_y, query_x, modes, steps: int, first_order: bool
+) -> Tensor:
+    """Query output after ``steps`` inner steps from the learner's initial fast weights."""
+    fw = learner._initial(support_x.shape[0], support_x.shape[1], steps, modes, False)
+    fw = adapt(
+        learner.template,
+        fw,
+        film,
+        support_x,
+        support_y,
+        learner.loss_fn,
+        steps,
+        learner._lr,
+        learner._config["inner_grad_clamp"],
+        first_order,
+    )
+    return forward(learner.template, fw, query_x, film)[0]
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _compiled_adapt_and_query():
+    """``_adapt_and_query`` through torch.compile (created once, on first use)."""
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_adapt_and_query, dynamic=False)
+    return _COMPILED["fn"]
 
 
 def _detach_film(film):
