@@ -12,10 +12,10 @@ Implementations (identical parameters; their gradients are checked against the l
           100x100 layers, dense for the 1x100 and 100x1 ones), "lowrank" (every layer) or
           "dense" (without the post-modulation loss it can also report, which the
           baselines do not compute either)
-  mumo_compiled
-          mumo_auto with learner.use_compiled_inner_loop(): the inner loop and query forward
-          through torch.compile (inductor); the compile happens in the warm-up steps and its
-          time is never inside the timed steps; no peak memory (see main())
+  mumo_compiled, mumo_dense_compiled, mumo_lowrank_compiled
+          mumo_auto (mumo_dense, mumo_lowrank) with learner.use_compiled_inner_loop(): the
+          inner loop and query forward through torch.compile (inductor); the compile happens
+          before the timed steps; no peak memory (see main())
   loop    per task: functional params, torch.autograd.grad(create_graph=True) inner steps,
           query loss kept; the mean of the query losses backward once (the authors' style)
   vmap    torch.func.vmap over tasks of the inner loop written with torch.func.grad
@@ -219,11 +219,12 @@ def higher_step(learner: MetaLearner, batch: TaskBatch, first_order: bool, modul
 
 def runner(impl: str, first_order: bool, backend: str | None = None):
     """A learner and a function performing one meta-step (zero_grad + forward + backward)."""
-    fast = {"mumo_dense": "dense", "mumo_auto": "auto", "mumo_compiled": "auto"}.get(
-        impl, "lowrank"
+    compiled = impl.endswith("_compiled")
+    fast = {"mumo_dense": "dense", "mumo_lowrank": "lowrank"}.get(
+        impl.removesuffix("_compiled"), "auto"
     )
     learner = make_learner(fast, first_order, backend)
-    if impl == "mumo_compiled":
+    if compiled:
         learner.use_compiled_inner_loop()
     module = FiLMMLPModule(learner) if impl == "higher" else None
 
@@ -436,6 +437,9 @@ def main() -> None:
         update_markdown(args.markdown, markdown(result, result["command"], args.note))
         return
     impls = [i for i in args.impls.split(",") if i]
+    known = {*IMPLS, "mumo_dense_compiled", "mumo_lowrank_compiled"}
+    if set(impls) - known:
+        raise SystemExit(f"--impls: unknown {sorted(set(impls) - known)}; known: {sorted(known)}")
     if "loop" not in impls:
         raise SystemExit("--impls must include loop (the reference for ratios and gradients)")
     batch = make_batch(args.tasks)
@@ -467,7 +471,7 @@ def main() -> None:
             }
             # (not for mumo_compiled: its first step's peak is the compiler's, and after a
             # warm-up step freed memory stays with the process, so neither is the step's)
-            if not args.no_memory and impl != "mumo_compiled":
+            if not args.no_memory and not impl.endswith("_compiled"):
                 rows[impl]["peak_mb"] = peak_memory(
                     impl, first, args.tasks, args.backend, args.threads
                 )
