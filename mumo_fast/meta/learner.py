@@ -260,7 +260,8 @@ class MetaLearner(nn.Module):
         compiled graph: same values as eager up to float rounding, second order
         included. The first step of each new shape compiles (tens of seconds on CPU;
         needs a C++ compiler). Only the ``mlp`` base with the ``reference`` ops (the
-        default ``auto`` picks them for linear layers on CPU) is supported."""
+        default ``auto`` picks them for linear layers on CPU) is supported. Measured and tested
+        on CPU only; on CUDA inductor would generate Triton kernels instead (untested)."""
         if enabled:
             cfg = self._config
             if cfg["base"] != "mlp":
