@@ -263,7 +263,7 @@ def time_impls(
     impls, first_order: bool, batch: TaskBatch, repeats: int, warmup: int, backend: str | None
 ) -> dict:
     """Per implementation: the timed repeats, and (key "warmup") the warm-up steps' times
-    (for mumo_compiled the first one includes the compile)."""
+    (a *_compiled implementation has compiled already, in check_gradients)."""
     runners = {impl: runner(impl, first_order, backend)[1] for impl in impls}
     warm = {impl: [] for impl in impls}
     for _ in range(warmup):

@@ -246,3 +246,15 @@ def test_logger_writes_jsonl_and_tensorboard(tmp_path):
     assert [r["loss"] for r in read_log(tmp_path / "log.jsonl")] == [2.5, 1.5]
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+def test_summary_median_counts_diverged_tasks_as_worst():
+    from mumo_fast.train.evaluation import summarize
+
+    per_step = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.1, 0.2, float("nan"), float("inf")]])
+    s = summarize(per_step, 1)
+    assert s["post_modulation"]["median"] == 2.5
+    # 0.1, 0.2 and two diverged tasks: the median lies between 0.2 and a diverged task
+    assert s["post_adaptation"]["median"] == float("inf")
+    s = summarize(torch.tensor([[1.0, 5.0, 3.0], [0.3, float("nan"), 0.1]]), 1)
+    assert s["post_adaptation"]["median"] == pytest.approx(0.3)  # not 0.2, NaN dropped

@@ -19,6 +19,7 @@ whose clamp binds switches to dense weights at that step (see ``inner_loop``).
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import torch
@@ -429,14 +430,10 @@ def _adapt_and_query(
     return forward(learner.template, fw, query_x, film)[0]
 
 
-_COMPILED: dict[str, Any] = {}
-
-
+@functools.cache
 def _compiled_adapt_and_query():
     """``_adapt_and_query`` through torch.compile (created once, on first use)."""
-    if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(_adapt_and_query, dynamic=False)
-    return _COMPILED["fn"]
+    return torch.compile(_adapt_and_query, dynamic=False)
 
 
 def _detach_film(film):

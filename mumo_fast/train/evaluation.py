@@ -31,7 +31,13 @@ def per_step_losses(
 
 
 def _median(row: Tensor) -> float:
-    return float(row.double().nanquantile(0.5)) if row.numel() else float("nan")
+    """Median over tasks; a non-finite task (a diverged inner loop) counts as the worst."""
+    if not row.numel():
+        return float("nan")
+    v = row.double().nan_to_num(nan=float("inf"), posinf=float("inf")).sort().values
+    n = v.numel()
+    # (the mean of the two middle values, as quantile(0.5))
+    return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
 
 
 def summarize(per_step: Tensor, adapt_steps: int) -> dict:
