@@ -25,7 +25,11 @@ The baselines run the encoder and modulation heads once, batched over all tasks
 (cheaper than per task; this only favours them).
 
 Timing: round-robin over implementations (so load drift on a shared machine hits all
-alike), median of the repeats; ratios are of medians measured in the same run. Peak
+alike), median of the repeats; ratios are of medians measured in the same run. With
+--block N each turn of the round-robin runs N consecutive steps of one implementation and
+records their mean (the steady state of a training loop; with the default N=1 every step
+follows another implementation's, whose memory traffic evicts this one's from the caches,
+which costs the millisecond-scale batched steps far more than the loop's). Peak
 memory: one subprocess per implementation, the growth of resident memory during 2 steps
 over the resident memory just before them (the first step's peak: freed memory mostly
 stays with the process).
@@ -260,10 +264,17 @@ def check_gradients(impls, first_order: bool, batch: TaskBatch, backend: str | N
 
 
 def time_impls(
-    impls, first_order: bool, batch: TaskBatch, repeats: int, warmup: int, backend: str | None
+    impls,
+    first_order: bool,
+    batch: TaskBatch,
+    repeats: int,
+    warmup: int,
+    backend: str | None,
+    block: int = 1,
 ) -> dict:
-    """Per implementation: the timed repeats, and (key "warmup") the warm-up steps' times
-    (a *_compiled implementation has compiled already, in check_gradients)."""
+    """Per implementation: the timed repeats (each the mean time per step of ``block``
+    consecutive steps), and (key "warmup") the warm-up steps' times (a *_compiled
+    implementation has compiled already, in check_gradients)."""
     runners = {impl: runner(impl, first_order, backend)[1] for impl in impls}
     warm = {impl: [] for impl in impls}
     for _ in range(warmup):
@@ -276,8 +287,9 @@ def time_impls(
         order = impls[r % len(impls) :] + impls[: r % len(impls)]
         for impl in order:
             t0 = time.perf_counter()
-            runners[impl](batch)
-            times[impl].append(time.perf_counter() - t0)
+            for _ in range(block):
+                runners[impl](batch)
+            times[impl].append((time.perf_counter() - t0) / block)
     return {"timed": times, "warmup": warm}
 
 
@@ -354,6 +366,12 @@ def environment(backend: str | None) -> dict:
     }
 
 
+def _block_text(block: int) -> str:
+    if block == 1:
+        return " of one step each"
+    return f" of {block} consecutive steps each (steady state)"
+
+
 def markdown(result: dict, command: str, note: str | None = None) -> str:
     env = result["environment"]
     if result.get("method", "mumomaml") == "maml":
@@ -370,13 +388,15 @@ def markdown(result: dict, command: str, note: str | None = None) -> str:
         model += f"; weights of the trained model `{result['weights']}`"
     if env["threads"] != 1:
         title += f", {env['threads']} threads"
+    if result.get("block", 1) != 1:
+        title += ", steady state"
     lines = [
         title,
         "",
         f"Three-mode regression data ({model}), "
         f"T={result['tasks']}, K={K}, {Q} query points, {STEPS} inner steps, full meta-gradient, "
         "optimizer step excluded. Tasks/s from the median of "
-        f"{result['repeats']} round-robin repeats; speedups are ratios measured in the same run. "
+        f"{result['repeats']} round-robin repeats{_block_text(result.get('block', 1))}; speedups are ratios measured in the same run. "
         f"CPU: {env['cpu']}, {env['threads']} threads, torch {env['versions']['torch']}, "
         f"ops backend `{env['ops_backend']}`; load average at start {env['loadavg_at_start'][0]:.1f} "
         "(a shared machine: absolute numbers are noisy, ratios less so).",
@@ -405,6 +425,9 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=75)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument(
+        "--block", type=int, default=1, help="consecutive steps per round-robin turn (>= 1)"
+    )
     ap.add_argument("--orders", default="second,first")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--threads", type=int, default=None)
@@ -436,6 +459,8 @@ def main() -> None:
             result = json.load(f)
         update_markdown(args.markdown, markdown(result, result["command"], args.note))
         return
+    if args.block < 1:
+        raise SystemExit(f"--block must be >= 1, got {args.block}")
     impls = [i for i in args.impls.split(",") if i]
     known = {*IMPLS, "mumo_dense_compiled", "mumo_lowrank_compiled"}
     if set(impls) - known:
@@ -449,13 +474,16 @@ def main() -> None:
         "weights": args.weights,
         "tasks": args.tasks,
         "repeats": args.repeats,
+        "block": args.block,
         "environment": environment(args.backend),
         "results": {},
     }
     for order in args.orders.split(","):
         first = order == "first"
         errors = check_gradients(impls, first, batch, args.backend)
-        timing = time_impls(impls, first, batch, args.repeats, args.warmup, args.backend)
+        timing = time_impls(
+            impls, first, batch, args.repeats, args.warmup, args.backend, args.block
+        )
         times = timing["timed"]
         med = {impl: median(ts) for impl, ts in times.items()}
         rows = {}
