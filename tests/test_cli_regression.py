@@ -111,6 +111,17 @@ def test_authors_architecture_is_recorded_and_checked_on_resume(tmp_path, capsys
     assert "started with modulation_head='linear'" in capsys.readouterr().err
 
 
+def test_base_init_is_recorded_and_checked_on_resume(tmp_path, capsys):
+    out = tmp_path / "init"
+    args = ["train", "regression", "--out", str(out), "--method", "maml"]
+    assert main([*args, "--base-init", "authors-code", *TINY, "--skip-eval"]) == 0
+    assert json.loads((out / "run.json").read_text())["learner"]["base_init"] == "authors-code"
+    resume = ["train", "regression", "--out", str(out), "--resume", "--quiet", "--skip-eval"]
+    assert main([*resume, "--base-init", "torch"]) == 2
+    assert "started with base_init='authors-code'" in capsys.readouterr().err
+    assert main([*resume, "--iterations", "4"]) == 0
+
+
 def test_resume_extends_and_init_from(runs, tmp_path):
     film, _ = runs
     assert main(["train", "regression", "--out", str(film), "--resume", "--iterations", "6",

@@ -44,11 +44,32 @@ def test_defaults_are_the_paper_regression_model():
         ({"method": "multi-maml", "fast_weights": "lowrank"}, "fast_weights"),
         ({"hidden_size": 3}, "hidden_size"),
         ({"base": "mlp", "encoder": "conv"}, "encoder"),
+        ({"base_init": "xavier"}, "base_init"),
+        ({"base": "conv4", "base_init": "authors-code"}, "base_init"),
     ],
 )
 def test_bad_config_raises_naming_the_key(cfg, match):
     with pytest.raises(ValueError, match=match):
         MetaLearner.from_config(cfg)
+
+
+@pytest.mark.parametrize("method", ["mumomaml", "multi-maml"])
+def test_authors_code_init_draws_small_normal_weights_and_zero_biases(method):
+    torch.manual_seed(0)
+    learner = MetaLearner.from_config(mlp_cfg(method=method, base_init="authors-code", num_modes=2))
+    torch.manual_seed(0)
+    default = MetaLearner.from_config(mlp_cfg(method=method, num_modes=2))
+    assert default.config["base_init"] == "torch"
+    base = learner.stacked if method == "multi-maml" else learner.base
+    other = default.stacked if method == "multi-maml" else default.base
+    for (name, p), q in zip(base.named_parameters(), other.parameters()):
+        if name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0 and torch.count_nonzero(q) > 0, name
+        else:
+            assert 0.007 < p.std().item() < 0.013 and q.std().item() > 0.04, name
+    if method == "mumomaml":  # the encoder and heads keep torch's initialisation
+        for p, q in zip(learner.encoder.parameters(), default.encoder.parameters()):
+            assert p.std().item() > 0.05 and q.std().item() > 0.05
 
 
 def test_parameter_groups_cover_every_parameter():

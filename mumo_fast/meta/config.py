@@ -8,6 +8,9 @@ METHODS = ("maml", "multi-maml", "mumomaml")
 BASES = ("mlp", "conv4")
 LOSSES = ("mse", "cross_entropy")
 FAST_WEIGHTS = ("auto", "dense", "lowrank")
+# "torch": nn.Linear's / nn.Conv2d's own initialisation; "authors-code": the authors'
+# released regression code's, weights N(0, 0.01^2) and zero biases (MLP base only)
+BASE_INITS = ("torch", "authors-code")
 
 BASE_KEYS: dict[str, dict[str, Any]] = {
     "mlp": {"in_features": 1, "out_features": 1, "hidden_sizes": [100, 100, 100]},
@@ -39,6 +42,7 @@ COMMON: dict[str, Any] = {
     "first_order": False,
     "loss": None,  # None: "mse" for mlp, "cross_entropy" for conv4
     "fast_weights": "auto",
+    "base_init": "torch",
     "chunk_size": None,
     "backend": None,  # ops backend of the base network's layers; None: the global default
 }
@@ -121,6 +125,11 @@ def resolve_config(cfg: dict) -> dict:
 
     _choice(out, "modulation", MODULATIONS)
     _choice(out, "fast_weights", FAST_WEIGHTS)
+    _choice(out, "base_init", BASE_INITS)
+    if out["base_init"] != "torch" and base != "mlp":
+        raise ValueError(
+            f"config['base_init']={out['base_init']!r} is for the 'mlp' base only, got base {base!r}"
+        )
     if out["encoder"] is None:
         out["encoder"] = "gru" if base == "mlp" else "conv"
     _choice(out, "encoder", ("gru", "lstm") if base == "mlp" else ("conv",))

@@ -42,9 +42,17 @@ def _key(name: str) -> str:
 
 def build_base(cfg: dict) -> nn.Module:
     if cfg["base"] == "mlp":
-        return MLP(
+        mlp = MLP(
             cfg["in_features"], cfg["out_features"], cfg["hidden_sizes"], backend=cfg["backend"]
         )
+        if cfg["base_init"] == "authors-code":
+            with torch.no_grad():
+                for name, p in mlp.named_parameters():
+                    if name.endswith("weight"):
+                        p.normal_(0.0, 0.01)
+                    else:
+                        p.zero_()
+        return mlp
     return Conv4(
         cfg["in_channels"],
         cfg["num_classes"],

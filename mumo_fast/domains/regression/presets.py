@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...meta.config import BASE_INITS
 from .tasks import check_task_family, mode_names
 
 METHODS = ("maml", "multi-maml", "mumomaml")
@@ -54,11 +55,14 @@ def learner_config(
     encoder: str = "gru",
     encoder_layers: int = 1,
     modulation_head: str = "mlp",
+    base_init: str = "torch",
 ) -> dict[str, Any]:
     """MetaLearner config (mumo_fast.meta.config keys): MLP 1-100-100-100-1, ReLU, FiLM on
     the hidden layers; MuMoMAML adds a bidirectional encoder (hidden 40; SPEC: a one-layer
     GRU, the authors' code: a two-layer LSTM) and a modulation head per modulated layer
-    (SPEC: a one-hidden-layer MLP, the authors' code: one linear layer)."""
+    (SPEC: a one-hidden-layer MLP, the authors' code: one linear layer). ``base_init``:
+    the base network's initialisation (torch's own, or the authors' code's N(0, 0.01^2)
+    weights and zero biases)."""
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
     if (
@@ -67,6 +71,8 @@ def learner_config(
         or encoder_layers < 1
     ):
         raise ValueError(f"encoder_layers must be an int >= 1, got {encoder_layers!r}")
+    if base_init not in BASE_INITS:
+        raise ValueError(f"base_init must be one of {BASE_INITS}, got {base_init!r}")
     if modulation_head not in MODULATION_HEADS:
         raise ValueError(
             f"modulation_head must be one of {MODULATION_HEADS}, got {modulation_head!r}"
@@ -89,6 +95,7 @@ def learner_config(
         "inner_grad_clamp": preset["inner_grad_clamp"] if method == "mumomaml" else None,
         "first_order": preset["first_order"],
         "loss": "mse",
+        "base_init": base_init,
         # None: one linear layer per modulated layer; otherwise the learner's default MLP
         **({"modulation_hidden": None} if modulation_head == "linear" else {}),
     }
@@ -108,6 +115,7 @@ def run_config(
     encoder: str = "gru",
     encoder_layers: int = 1,
     modulation_head: str = "mlp",
+    base_init: str = "torch",
 ) -> dict[str, Any]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -151,7 +159,14 @@ def run_config(
         },
         "eval": {"adapt_steps": preset["inner_steps"], "max_steps": EVAL_MAX_STEPS},
         "learner": learner_config(
-            method, modulation, num_modes, preset, encoder, encoder_layers, modulation_head
+            method,
+            modulation,
+            num_modes,
+            preset,
+            encoder,
+            encoder_layers,
+            modulation_head,
+            base_init,
         ),
     }
 

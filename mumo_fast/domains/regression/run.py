@@ -24,6 +24,7 @@ from . import figures
 from .data import make_sampler, to_task_batch
 from .metrics import evaluate_learner
 from .presets import (
+    BASE_INITS,
     ENCODERS,
     METHODS,
     MODULATION_HEADS,
@@ -74,6 +75,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="per modulated layer: a one-hidden-layer MLP (default, SPEC) "
         "or one linear layer (the authors' code)",
     )  # fmt: skip
+    p.add_argument(
+        "--base-init", choices=BASE_INITS,
+        help="the base network's initial weights: torch (default: nn.Linear's own) or "
+        "authors-code (the authors' code: weights N(0, 0.01^2), zero biases)",
+    )  # fmt: skip
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -115,7 +121,7 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 )
         architecture = {
             "encoder": args.encoder, "encoder_layers": args.encoder_layers,
-            "modulation_head": args.modulation_head,
+            "modulation_head": args.modulation_head, "base_init": args.base_init,
         }  # fmt: skip
         recorded = _architecture(run)
         for key, value in architecture.items():
@@ -140,6 +146,7 @@ def _architecture(run: dict[str, Any]) -> dict[str, Any]:
         "encoder": learner["encoder"],
         "encoder_layers": learner["encoder_layers"],
         "modulation_head": "linear" if learner.get("modulation_hidden", "") is None else "mlp",
+        "base_init": learner.get("base_init", "torch"),  # runs made before the option
     }
 
 
@@ -161,6 +168,7 @@ def _new_run_config(args: argparse.Namespace) -> dict[str, Any]:
             task_family=args.task_family or "spec", encoder=args.encoder or "gru",
             encoder_layers=1 if args.encoder_layers is None else args.encoder_layers,
             modulation_head=args.modulation_head or "mlp",
+            base_init=args.base_init or "torch",
         )  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from e
