@@ -29,6 +29,16 @@ ROWS = [  # (run prefix, label, paper 2 modes (post-mod, post-adapt), paper 3 mo
     ("sigmoid", "MuMoMAML, sigmoid", (1.4992, 0.3414), (2.4047, 0.4414)),
     ("film", "MuMoMAML, FiLM", (1.7094, 0.3125), (1.9234, 0.4048)),
 ]
+# Rows of one method trained with a setting other than the table's, as extra rows beneath it:
+# (run prefix, run-name suffix, label). Run folders: {prefix}_{modes}modes{suffix}[_seedN].
+VARIANTS = [
+    ("film", "_authors_init", "MuMoMAML, FiLM, authors' base init (`--base-init authors-code`)"),
+    (
+        "film",
+        "_lstm2_linear",
+        "MuMoMAML, FiLM, authors' encoder and heads (2-layer LSTM, linear heads)",
+    ),
+]
 FAMILY_TEXT = {
     "spec": "SPEC 4.1's task family (sinusoids `A sin(w x + b)` with a random frequency "
     "w in [0.5, 2])",
@@ -91,10 +101,10 @@ def budget(m: dict | None) -> str:
     return f"{done:,}{note}"
 
 
-def seed_runs(names, prefix: str, modes: int) -> list[tuple[int, str]]:
-    """(seed, run name) of a table row: ``{prefix}_{modes}modes`` is seed 0, further
-    seeds are ``{prefix}_{modes}modes_seed{N}``."""
-    base = f"{prefix}_{modes}modes"
+def seed_runs(names, prefix: str, modes: int, suffix: str = "") -> list[tuple[int, str]]:
+    """(seed, run name) of a table row: ``{prefix}_{modes}modes{suffix}`` is seed 0,
+    further seeds are ``{prefix}_{modes}modes{suffix}_seed{N}``."""
+    base = f"{prefix}_{modes}modes{suffix}"
     runs = [(0, base)] if base in names else []
     for name in names:
         tail = name[len(base) + len("_seed") :]
@@ -118,22 +128,34 @@ def table(results: dict) -> str:
         for prefix, label, p2, p3 in ROWS:
             paper = p2 if modes == 2 else p3
             runs = seed_runs(results, prefix, modes) or [(0, f"{prefix}_{modes}modes")]
-            for seed, name in runs:
-                m = results.get(name)
-                lines.append(
-                    f"| {label} | {modes} | {seed} | {budget(m)} | {cell(m, 'post_modulation')} "
-                    f"| {paper[0]:.4f} | {cell(m, 'post_adaptation')} | {median(m)} "
-                    f"| {paper[1]:.4f} |"
-                )
-            done = [results[n] for _, n in runs if results.get(n) is not None]
-            if len(done) > 1:
-                pm = sum(m["post_modulation"]["mean"] for m in done) / len(done)
-                pa = sum(m["post_adaptation"]["mean"] for m in done) / len(done)
-                lines.append(
-                    f"| {label} | {modes} | mean of {len(done)} | - | {number(pm)} | {paper[0]:.4f} "
-                    f"| {number(pa)} | - | {paper[1]:.4f} |"
-                )
+            lines += _rows(results, label, modes, runs, paper)
+            for vprefix, suffix, vlabel in VARIANTS:
+                if vprefix == prefix:
+                    runs = [r for r in seed_runs(results, prefix, modes, suffix) if results[r[1]]]
+                    lines += _rows(results, vlabel, modes, runs, paper)
     return "\n".join(lines)
+
+
+def _rows(results: dict, label: str, modes: int, runs, paper) -> list[str]:
+    """One row per seed, and a mean over the seeds that have results where there are two or
+    more."""
+    lines = []
+    for seed, name in runs:
+        m = results.get(name)
+        lines.append(
+            f"| {label} | {modes} | {seed} | {budget(m)} | {cell(m, 'post_modulation')} "
+            f"| {paper[0]:.4f} | {cell(m, 'post_adaptation')} | {median(m)} "
+            f"| {paper[1]:.4f} |"
+        )
+    done = [results[n] for _, n in runs if results.get(n) is not None]
+    if len(done) > 1:
+        pm = sum(m["post_modulation"]["mean"] for m in done) / len(done)
+        pa = sum(m["post_adaptation"]["mean"] for m in done) / len(done)
+        lines.append(
+            f"| {label} | {modes} | mean of {len(done)} | - | {number(pm)} | {paper[0]:.4f} "
+            f"| {number(pa)} | - | {paper[1]:.4f} |"
+        )
+    return lines
 
 
 def plot(results: dict, runs_dir: Path) -> list[str]:
@@ -185,9 +207,10 @@ def main() -> int:
     torch.set_num_threads(1)
     results = {}
     names = sorted(p.parent.name for p in runs_dir.glob("*/run.json"))
-    for prefix, *_ in ROWS:
+    kinds = [(prefix, "") for prefix, *_ in ROWS] + [(p, sfx) for p, sfx, _ in VARIANTS]
+    for prefix, suffix in kinds:
         for modes in (2, 3):
-            for _, name in seed_runs(names, prefix, modes):
+            for _, name in seed_runs(names, prefix, modes, suffix):
                 results[name] = metrics_for(
                     runs_dir / name, not args.no_eval, args.test_tasks_per_mode
                 )

@@ -30,6 +30,8 @@ def test_collect_writes_the_table_and_reevaluates_on_request(tmp_path):
                  *TINY]) == 0  # fmt: skip
     assert main(["train", "regression", "--out", str(runs / "film_2modes_seed1"), "--seed", "1",
                  *TINY]) == 0  # fmt: skip
+    assert main(["train", "regression", "--out", str(runs / "film_2modes_authors_init"),
+                 "--base-init", "authors-code", *TINY]) == 0  # fmt: skip
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\nkept text\n")
     text = _collect(runs, results)
@@ -47,6 +49,12 @@ def test_collect_writes_the_table_and_reevaluates_on_request(tmp_path):
     mean = (seeds[0]["mean"] + seeds[1]["mean"]) / 2
     assert rows[2].split(" | ")[6] == f"{mean:.4f}"
     assert "| MAML | 2 | mean of" not in text
+    # a variant run (another setting of the same method) gets its own labelled row
+    variant = [r for r in text.splitlines() if r.startswith("| MuMoMAML, FiLM, authors' base")]
+    pa = json.loads((runs / "film_2modes_authors_init" / "metrics.json").read_text())
+    assert len(variant) == 1 and variant[0].split(" | ")[1:3] == ["2", "0"]
+    assert f"{pa['post_adaptation']['median']:.4f}" in variant[0]
+    assert "authors' encoder and heads" not in text  # variants without runs get no row
     text = _collect(runs, results, "--test-tasks-per-mode", "40")
     assert "(40 tasks per mode" in text and "(12 tasks per mode" not in text
     assert text.count("regression-table1-regression_tiny:start") == 1
