@@ -8,8 +8,10 @@
 #   2. CUDA tests: tests/test_triton_backend.py, then the generic ops tests -> pytest.log
 #   3. bench/ops_gpu.py: per-op table                               -> ops_gpu.{json,md}
 #   4. bench/meta_step_gpu.py: regression meta-step tasks/s         -> meta_step_gpu.{json,md}
+#   5. the compiled inner loop on CUDA (inductor's Triton kernels; last, as its compile
+#      time is the least known)                                     -> pytest.log
 #   bench stdout/stderr                                             -> bench.log
-# Seven files in all (the device tool returns at most 8). Designed to finish in < 6 min;
+# Seven files in all (the device tool returns at most 8). Designed to finish in < 8 min;
 # each stage has its own timeout. Works from the source tree (PYTHONPATH), so a failed
 # install does not stop the check.
 set -u
@@ -37,6 +39,7 @@ T_TRITON_TESTS=${T_TRITON_TESTS:-120}
 T_OPS_TESTS=${T_OPS_TESTS:-60}
 T_OPS_BENCH=${T_OPS_BENCH:-110}
 T_META_BENCH=${T_META_BENCH:-75}
+T_COMPILED_TESTS=${T_COMPILED_TESTS:-100}
 T_PIP=${T_PIP:-330}
 
 log "stage 0: environment"
@@ -87,6 +90,13 @@ echo "=================== meta_step_gpu" >>"$OUT/bench.log"
 timeout -k 5 "$T_META_BENCH" $PY bench/meta_step_gpu.py $DRY --out "$OUT" --tasks "$TASKS" \
   --loop-max-tasks 75 --budget $((T_META_BENCH - 20)) >>"$OUT/bench.log" 2>&1
 log "stage 4 exit code $? (124 = timeout)"
+
+log "stage 5: compiled inner loop on CUDA (timeout ${T_COMPILED_TESTS}s)"
+echo "=================== compiled inner loop on CUDA" >>"$OUT/pytest.log"
+timeout -k 5 "$T_COMPILED_TESTS" $PY -m pytest \
+  tests/test_compiled_inner_loop.py::test_compiled_matches_loop_on_cuda -q -rfEs --tb=short \
+  -p no:cacheprovider >>"$OUT/pytest.log" 2>&1
+log "stage 5 exit code $? (124 = timeout); $(tail -1 "$OUT/pytest.log")"
 
 if kill -0 "$PIP_PID" 2>/dev/null; then
   log "pip install still running: stopping it"

@@ -74,3 +74,12 @@ def test_compiled_refuses_what_it_cannot_compile(cfg, match):
     learner = make(cfg)
     with pytest.raises(ValueError, match=match):
         learner.use_compiled_inner_loop()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (inductor's Triton kernels)")
+@pytest.mark.parametrize("first_order", [False, True])
+def test_compiled_matches_loop_on_cuda(first_order):
+    learner = make(mlp_cfg(fast_weights="auto", first_order=first_order)).cuda()
+    learner.use_compiled_inner_loop()
+    check_against_loop(learner, regression_batch().to("cuda"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
