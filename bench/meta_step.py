@@ -28,8 +28,8 @@ Timing: round-robin over implementations (so load drift on a shared machine hits
 alike), median of the repeats; ratios are of medians measured in the same run. With
 --block N each turn of the round-robin runs N consecutive steps of one implementation and
 records their mean (the steady state of a training loop; with the default N=1 every step
-follows another implementation's, whose memory traffic evicts this one's from the caches,
-which costs the millisecond-scale batched steps far more than the loop's). Peak
+follows another implementation's, whose memory traffic presumably evicts this one's from the
+caches, which costs the millisecond-scale batched steps far more than the loop's). Peak
 memory: one subprocess per implementation, the growth of resident memory during 2 steps
 over the resident memory just before them (the first step's peak: freed memory mostly
 stays with the process).
