@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _report import cpu_name, update_markdown, write_json  # noqa: E402
 
-from mumo_fast import ops  # noqa: E402
+from mumo_fast import ops, runtime  # noqa: E402
 
 SIZES = (1, 100, 100, 100, 1)
 K, Q, STEPS, LR = 5, 10, 5, 1e-3
@@ -121,11 +121,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--impls", nargs="*", default=["loop", "ops-cpp", "ops-eager", "ops-reference"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--allocator", choices=("tuned", "default"), default="tuned",
+        help="tuned: mumo_fast.runtime.tune_cpu_allocator() first, as `mumo-fast train` does; "
+        "default: the C library's malloc settings",
+    )  # fmt: skip
     ap.add_argument("--json", default="bench/results/cpu_maml_ops_step.json")
     ap.add_argument("--markdown", default=None, help="update this file's section")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator == "tuned":
+        runtime.tune_cpu_allocator()
     start = time.time()
     params, film, data = make_problem(args.tasks)
     runs = {"loop": lambda: loop_step(params, film, data)}
@@ -163,6 +170,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "loadavg_at_start": os.getloadavg(),
+        "allocator": runtime.allocator_description(),
     }
     result = {
         "environment": env,
@@ -186,7 +194,7 @@ def _markdown(result: dict) -> str:
         f"{Q} query points, {STEPS} inner steps, second order, dense per-task weights; "
         f"median of {result['repeats']} round-robin repeats. CPU: {env['cpu']}, "
         f"{env['threads']} threads, torch {env['torch']}, load average at start "
-        f"{env['loadavg_at_start'][0]:.1f}.",
+        f"{env['loadavg_at_start'][0]:.1f}; allocator: {env.get('allocator', 'glibc default')}.",
         "",
         f"Command: `{result['command']}`",
         "",

@@ -57,6 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _report import cpu_name, update_markdown, write_json  # noqa: E402
 
+from mumo_fast import runtime  # noqa: E402
 from mumo_fast.meta import MetaLearner, TaskBatch  # noqa: E402
 
 IMPLS = ("mumo_auto", "mumo_compiled", "mumo_lowrank", "mumo_dense", "loop", "vmap", "higher")
@@ -64,6 +65,7 @@ STEPS, LR, K, Q = 5, 1e-3, 5, 10
 METHOD = "mumomaml"  # --method maml: the base network alone (no encoder, no FiLM)
 CLAMP = None  # --clamp: element-wise inner-gradient clamp (the paper's MuMoMAML uses 10)
 WEIGHTS = None  # --weights: start from a trained model's weights (model.pt of a run)
+ALLOCATOR = "tuned"  # --allocator (passed on to the memory child)
 
 
 def make_batch(t: int, seed: int = 0) -> TaskBatch:
@@ -341,6 +343,7 @@ def peak_memory(
         cmd += ["--threads", str(threads)]
     if first_order:
         cmd.append("--first-order-child")
+    cmd += ["--allocator", ALLOCATOR]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
@@ -363,6 +366,7 @@ def environment(backend: str | None) -> dict:
         "loadavg_at_start": os.getloadavg(),
         "versions": versions,
         "ops_backend": backend or backends.resolve("auto", torch.device("cpu"), "film_linear"),
+        "allocator": runtime.allocator_description(),
     }
 
 
@@ -398,7 +402,8 @@ def markdown(result: dict, command: str, note: str | None = None) -> str:
         "optimizer step excluded. Tasks/s from the median of "
         f"{result['repeats']} round-robin repeats{_block_text(result.get('block', 1))}; speedups are ratios measured in the same run. "
         f"CPU: {env['cpu']}, {env['threads']} threads, torch {env['versions']['torch']}, "
-        f"ops backend `{env['ops_backend']}`; load average at start {env['loadavg_at_start'][0]:.1f} "
+        f"ops backend `{env['ops_backend']}`; allocator: {env.get('allocator', 'glibc default')}; "
+        f"load average at start {env['loadavg_at_start'][0]:.1f} "
         "(a shared machine: absolute numbers are noisy, ratios less so).",
         "",
         f"Command: `{command}`",
@@ -444,13 +449,20 @@ def main() -> None:
     ap.add_argument(
         "--render", default=None, metavar="JSON", help="only write --markdown from a results file"
     )
+    ap.add_argument(
+        "--allocator", choices=("tuned", "default"), default="tuned",
+        help="tuned: mumo_fast.runtime.tune_cpu_allocator() first, as `mumo-fast train` does; "
+        "default: the C library's malloc settings",
+    )  # fmt: skip
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--first-order-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global METHOD, CLAMP, WEIGHTS
-    METHOD, CLAMP, WEIGHTS = args.method, args.clamp, args.weights
+    global METHOD, CLAMP, WEIGHTS, ALLOCATOR
+    METHOD, CLAMP, WEIGHTS, ALLOCATOR = args.method, args.clamp, args.weights, args.allocator
+    if args.allocator == "tuned":
+        runtime.tune_cpu_allocator()
     if args.memory_child:
         memory_child(args.memory_child, args.first_order_child, args.tasks, args.backend)
         return

@@ -13,12 +13,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import runtime
 from .domains import DOMAINS, UsageError, get_domain
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
+    p.add_argument(
+        "--default-malloc", action="store_true",
+        help="keep the C library's malloc settings (by default freed memory stays in the "
+        "process's heap: faster CPU meta-steps; see mumo_fast.runtime)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        if not args.default_malloc:
+            runtime.tune_cpu_allocator()
         if args.command == "train":
             return get_domain(args.domain).train(args)
         domains = {_run_domain(r) for r in args.runs}
