@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -38,3 +39,20 @@ def write_json(path: str, result: dict) -> None:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")
+
+
+def add_allocator_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--allocator", choices=("tuned", "default"), default="tuned",
+        help="tuned: mumo_fast.runtime.tune_cpu_allocator() first, as `mumo-fast` does; "
+        "default: the C library's malloc settings",
+    )  # fmt: skip
+
+
+def apply_allocator(choice: str) -> str:
+    """Apply ``--allocator``; returns the description to record with the results."""
+    from mumo_fast import runtime
+
+    if choice == "tuned":
+        runtime.tune_cpu_allocator()
+    return runtime.allocator_description()

@@ -35,9 +35,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _report import cpu_name, update_markdown, write_json  # noqa: E402
+from _report import (  # noqa: E402
+    add_allocator_argument,
+    apply_allocator,
+    cpu_name,
+    update_markdown,
+    write_json,
+)
 
-from mumo_fast import ops, runtime  # noqa: E402
+from mumo_fast import ops  # noqa: E402
 
 SIZES = (1, 100, 100, 100, 1)
 K, Q, STEPS, LR = 5, 10, 5, 1e-3
@@ -121,18 +127,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--impls", nargs="*", default=["loop", "ops-cpp", "ops-eager", "ops-reference"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument(
-        "--allocator", choices=("tuned", "default"), default="tuned",
-        help="tuned: mumo_fast.runtime.tune_cpu_allocator() first, as `mumo-fast train` does; "
-        "default: the C library's malloc settings",
-    )  # fmt: skip
+    add_allocator_argument(ap)
     ap.add_argument("--json", default="bench/results/cpu_maml_ops_step.json")
     ap.add_argument("--markdown", default=None, help="update this file's section")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.allocator == "tuned":
-        runtime.tune_cpu_allocator()
+    allocator = apply_allocator(args.allocator)
     start = time.time()
     params, film, data = make_problem(args.tasks)
     runs = {"loop": lambda: loop_step(params, film, data)}
@@ -170,7 +171,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "loadavg_at_start": os.getloadavg(),
-        "allocator": runtime.allocator_description(),
+        "allocator": allocator,
     }
     result = {
         "environment": env,

@@ -55,7 +55,13 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _report import cpu_name, update_markdown, write_json  # noqa: E402
+from _report import (  # noqa: E402
+    add_allocator_argument,
+    apply_allocator,
+    cpu_name,
+    update_markdown,
+    write_json,
+)
 
 from mumo_fast import runtime  # noqa: E402
 from mumo_fast.meta import MetaLearner, TaskBatch  # noqa: E402
@@ -449,11 +455,7 @@ def main() -> None:
     ap.add_argument(
         "--render", default=None, metavar="JSON", help="only write --markdown from a results file"
     )
-    ap.add_argument(
-        "--allocator", choices=("tuned", "default"), default="tuned",
-        help="tuned: mumo_fast.runtime.tune_cpu_allocator() first, as `mumo-fast train` does; "
-        "default: the C library's malloc settings",
-    )  # fmt: skip
+    add_allocator_argument(ap)
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--first-order-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -461,8 +463,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     global METHOD, CLAMP, WEIGHTS, ALLOCATOR
     METHOD, CLAMP, WEIGHTS, ALLOCATOR = args.method, args.clamp, args.weights, args.allocator
-    if args.allocator == "tuned":
-        runtime.tune_cpu_allocator()
+    apply_allocator(args.allocator)
     if args.memory_child:
         memory_child(args.memory_child, args.first_order_child, args.tasks, args.backend)
         return

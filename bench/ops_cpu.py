@@ -33,7 +33,13 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _report import cpu_name, update_markdown, write_json  # noqa: E402
+from _report import (  # noqa: E402
+    add_allocator_argument,
+    apply_allocator,
+    cpu_name,
+    update_markdown,
+    write_json,
+)
 
 from mumo_fast import ops  # noqa: E402
 
@@ -206,7 +212,8 @@ def markdown(result: dict) -> str:
         "`2nd`: gradient of the squared norm of those gradients. Speedup = reference median / "
         f"backend median over {result['repeats']} round-robin repeats in the same run "
         f"(> 1: faster than reference). CPU: {env['cpu']}, {env['cores']} cores, "
-        f"{env['threads']} threads, torch {env['torch']}; load average at start "
+        f"{env['threads']} threads, torch {env['torch']}, allocator: "
+        f"{env.get('allocator', 'glibc default')}; load average at start "
         f"{env['loadavg_at_start'][0]:.1f} (a shared machine: absolute times are noisy, "
         f"ratios less so). Total run {result['wall_s'] / 60:.1f} min.",
         "",
@@ -247,6 +254,7 @@ def main() -> None:
         "--merge", action="store_true", help="keep the JSON's rows of cases not re-measured"
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_allocator_argument(ap)
     ap.add_argument("--json", default="bench/results/cpu_ops.json")
     ap.add_argument("--markdown", default=None, help="update this file's CPU ops section")
     args = ap.parse_args()
@@ -255,8 +263,10 @@ def main() -> None:
     if "reference" not in args.backends:
         args.backends.insert(0, "reference")
     threads = torch.get_num_threads()
+    allocator = apply_allocator(args.allocator)
     start = time.time()
     env = environment()
+    env["allocator"] = allocator
     rows = []
     for case in all_cases():
         if args.ops and case[0] not in args.ops:

@@ -103,7 +103,10 @@ def epilogue_grads(gy, gz, y4, z4, gamma, act, backend):
     4-D or None. Returns (dz, dgamma, dbeta, dbias), any of them None when zero."""
     dz = dgamma = dbeta = dbias = None
     if gy is not None:
-        dz, dgamma, dbeta, dbias = FilmEpilogueBackward.apply(gy, y4, z4, gamma, act, backend)
+        if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+            dz, dgamma, dbeta, dbias = FilmEpilogueBackward.apply(gy, y4, z4, gamma, act, backend)
+        else:  # a first backward without create_graph: nothing will differentiate this
+            dz, dgamma, dbeta, dbias = FilmEpilogueBackward.forward(gy, y4, z4, gamma, act, backend)
     if gz is not None:
         dz = gz if dz is None else dz + gz
         gzb = gz.sum(dim=(1, 3))
