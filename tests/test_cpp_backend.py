@@ -163,6 +163,21 @@ def test_per_task_conv_strategies(strategy, monkeypatch):
         _close(cpp.conv_fwd(*args), eager.conv_fwd(*args), dtype)
 
 
+def test_shared_weight_conv_forward_both_routes():
+    """Shared weights: one conv over all images for outputs under 32 positions, the loop
+    over tasks above (csrc/conv.cpp, kSharedLoopMinPositions); both against eager."""
+    dtype = torch.float64
+    t, n, c, o = 3, 4, 3, 5
+    x = _rand(t, n, c, 9, 8, dtype=dtype)
+    w = _rand(o, c, 3, 2, dtype=dtype)
+    b, gm, be = (_rand(t, o, dtype=dtype) for _ in range(3))
+    for stride, pad, positions in (((2, 2), (1, 1), 25), ((1, 1), (1, 1), 81)):
+        args = (x, w, b, gm, be, stride, pad, "tanh")
+        got = cpp.conv_fwd(*args)
+        assert got[0].shape[-2] * got[0].shape[-1] == positions
+        _close(got, eager.conv_fwd(*args), dtype)
+
+
 def test_vmap_rules_match_a_loop():
     dtype = torch.float64
     b, t, n, i, o = 3, 2, 4, 5, 6
