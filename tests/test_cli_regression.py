@@ -122,6 +122,17 @@ def test_base_init_is_recorded_and_checked_on_resume(tmp_path, capsys):
     assert main([*resume, "--iterations", "4"]) == 0
 
 
+def test_grad_clip_groups_is_recorded_and_checked_on_resume(tmp_path, capsys):
+    out = tmp_path / "clip"
+    args = ["train", "regression", "--out", str(out), "--grad-clip-groups", "authors-code"]
+    assert main([*args, *TINY, "--skip-eval"]) == 0
+    assert json.loads((out / "run.json").read_text())["train"]["clip_groups"] == "authors-code"
+    resume = ["train", "regression", "--out", str(out), "--resume", "--quiet", "--skip-eval"]
+    assert main([*resume, "--grad-clip-groups", "per-network"]) == 2
+    assert "started with clip_groups='authors-code'" in capsys.readouterr().err
+    assert main([*resume, "--iterations", "5"]) == 0
+
+
 def test_resume_extends_and_init_from(runs, tmp_path):
     film, _ = runs
     assert main(["train", "regression", "--out", str(film), "--resume", "--iterations", "6",

@@ -149,6 +149,29 @@ def test_grad_norm_clipped_per_network(tmp_path):
             assert norm <= 1e-3 * (1 + 1e-4), name
 
 
+def _norm(params):
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+
+@pytest.mark.parametrize("how", ["per-network", "authors-code"])
+def test_clip_groups_encoder_and_heads_jointly_or_separately(tmp_path, how):
+    """authors-code clips encoder + modulation heads as one group (joint norm = clip),
+    per-network each on its own (each norm = clip, so the joint one is sqrt(2) * clip)."""
+    trainer = make_trainer(tmp_path, 1)
+    trainer.settings.grad_clip, trainer.settings.clip_groups = 1e-3, how
+    trainer.step()
+    groups = trainer.learner.parameter_groups()
+    joint = _norm(groups["encoder"] + groups["modulation"])
+    want = 1e-3 if how == "authors-code" else 1e-3 * 2**0.5
+    assert joint == pytest.approx(want, rel=1e-3)
+    assert _norm(groups["base"]) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_clip_groups_rejects_unknown():
+    with pytest.raises(ValueError, match="clip_groups must be one of"):
+        TrainSettings(10, clip_groups="joint")
+
+
 def _poisoned(trainer, bad_calls):
     """Make the trainer's batches carry a NaN target on the given sampler calls."""
     sample, calls = trainer.sample_batch, [0]

@@ -11,10 +11,11 @@ from .checkpoint import (
 )
 from .evaluation import mean_ci95, per_step_losses, summarize
 from .logging import MetricsLogger, read_log
-from .trainer import Trainer, TrainResult, TrainSettings
+from .trainer import CLIP_GROUPS, Trainer, TrainResult, TrainSettings
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "CLIP_GROUPS",
     "MODEL_NAME",
     "MetricsLogger",
     "TrainResult",

@@ -30,17 +30,37 @@ from .checkpoint import (
 )
 from .logging import MetricsLogger, truncate_log
 
+# How the gradient-norm clip groups the learner's parameters: "per-network" clips the base
+# network, the task encoder, the modulation heads (and learnable inner lrs) each on its own
+# (SPEC 4.1); "authors-code" clips the encoder and the modulation heads as one group, as the
+# authors' released regression code does.
+CLIP_GROUPS = ("per-network", "authors-code")
+
+
+def clip_group_lists(groups: dict[str, list], how: str) -> list[list]:
+    """The parameter lists that are clipped together, from ``learner.parameter_groups()``."""
+    if how not in CLIP_GROUPS:
+        raise ValueError(f"clip_groups must be one of {CLIP_GROUPS}, got {how!r}")
+    groups = dict(groups)
+    if how == "authors-code" and "encoder" in groups:
+        groups["encoder"] = groups["encoder"] + groups.pop("modulation", [])
+    return list(groups.values())
+
 
 @dataclass
 class TrainSettings:
     iterations: int
     lr: float = 1e-3
-    grad_clip: float | None = 2.0  # max gradient norm, applied to each parameter group
+    grad_clip: float | None = 2.0  # max gradient norm, applied to each group (clip_groups)
+    clip_groups: str = "per-network"  # see CLIP_GROUPS
     checkpoint_every: int = 500
     log_every: int = 10
     validate_every: int = 0  # 0: never during training
     seed: int = 0
     time_limit: float | None = None  # seconds of this invocation; then finish as if done
+
+    def __post_init__(self) -> None:
+        clip_group_lists({}, self.clip_groups)  # validates
 
 
 # Consecutive iterations with a non-finite loss or gradient (each skipped) after which a
@@ -173,7 +193,8 @@ class Trainer:
         )
         finite = math.isfinite(stats["loss"])
         clip = self.settings.grad_clip
-        for params in self.learner.parameter_groups().values():
+        groups = self.learner.parameter_groups()
+        for params in clip_group_lists(groups, self.settings.clip_groups):
             params = [p for p in params if p.grad is not None]
             if params:
                 norm = torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip)

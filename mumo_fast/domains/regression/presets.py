@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...meta.config import BASE_INITS
+from ...train import CLIP_GROUPS
 from .tasks import check_task_family, mode_names
 
 METHODS = ("maml", "multi-maml", "mumomaml")
@@ -116,6 +117,7 @@ def run_config(
     encoder_layers: int = 1,
     modulation_head: str = "mlp",
     base_init: str = "torch",
+    clip_groups: str = "per-network",
 ) -> dict[str, Any]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -123,6 +125,8 @@ def run_config(
         raise ValueError(f"modulation must be one of {MODULATIONS}, got {modulation!r}")
     if preset_name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset_name!r}")
+    if clip_groups not in CLIP_GROUPS:
+        raise ValueError(f"clip_groups must be one of {CLIP_GROUPS}, got {clip_groups!r}")
     names = mode_names(num_modes)
     check_task_family(task_family)
     preset = dict(PRESETS[preset_name])
@@ -152,6 +156,7 @@ def run_config(
             "iterations": preset["iterations"],
             "lr": preset["lr"],
             "grad_clip": preset["grad_clip"],
+            "clip_groups": clip_groups,
             "checkpoint_every": preset["checkpoint_every"],
             "validate_every": preset["validate_every"],
             "log_every": 10,

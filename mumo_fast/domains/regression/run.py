@@ -12,6 +12,7 @@ import torch
 
 from ...train import (
     CHECKPOINT_NAME,
+    CLIP_GROUPS,
     Trainer,
     TrainSettings,
     load_file,
@@ -80,6 +81,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="the base network's initial weights: torch (default: nn.Linear's own) or "
         "authors-code (the authors' code: weights N(0, 0.01^2), zero biases)",
     )  # fmt: skip
+    p.add_argument(
+        "--grad-clip-groups", choices=CLIP_GROUPS,
+        help="what the gradient-norm clip (2.0) covers: per-network (default, SPEC: base, "
+        "encoder and modulation heads each on its own) or authors-code (encoder and heads "
+        "together, as the authors' code)",
+    )  # fmt: skip
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -129,6 +136,12 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 raise UsageError(
                     f"--resume: this run was started with {key}={recorded[key]!r}, not {value!r}"
                 )
+        recorded_clip = run["train"].get("clip_groups", "per-network")  # older runs
+        if args.grad_clip_groups is not None and args.grad_clip_groups != recorded_clip:
+            raise UsageError(
+                f"--resume: this run was started with clip_groups={recorded_clip!r}, "
+                f"not {args.grad_clip_groups!r}"
+            )
         if args.iterations is not None:
             run["train"]["iterations"] = args.iterations
     else:
@@ -169,6 +182,7 @@ def _new_run_config(args: argparse.Namespace) -> dict[str, Any]:
             encoder_layers=1 if args.encoder_layers is None else args.encoder_layers,
             modulation_head=args.modulation_head or "mlp",
             base_init=args.base_init or "torch",
+            clip_groups=args.grad_clip_groups or "per-network",
         )  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from e
