@@ -38,6 +38,11 @@ VARIANTS = [
         "_lstm2_linear",
         "MuMoMAML, FiLM, authors' encoder and heads (2-layer LSTM, linear heads)",
     ),
+    (
+        "film",
+        "_authors_clip",
+        "MuMoMAML, FiLM, authors' gradient clip (`--grad-clip-groups authors-code`)",
+    ),
 ]
 FAMILY_TEXT = {
     "spec": "SPEC 4.1's task family (sinusoids `A sin(w x + b)` with a random frequency "
