@@ -111,28 +111,6 @@ def test_authors_architecture_is_recorded_and_checked_on_resume(tmp_path, capsys
     assert "started with modulation_head='linear'" in capsys.readouterr().err
 
 
-def test_base_init_is_recorded_and_checked_on_resume(tmp_path, capsys):
-    out = tmp_path / "init"
-    args = ["train", "regression", "--out", str(out), "--method", "maml"]
-    assert main([*args, "--base-init", "authors-code", *TINY, "--skip-eval"]) == 0
-    assert json.loads((out / "run.json").read_text())["learner"]["base_init"] == "authors-code"
-    resume = ["train", "regression", "--out", str(out), "--resume", "--quiet", "--skip-eval"]
-    assert main([*resume, "--base-init", "torch"]) == 2
-    assert "started with base_init='authors-code'" in capsys.readouterr().err
-    assert main([*resume, "--iterations", "4"]) == 0
-
-
-def test_grad_clip_groups_is_recorded_and_checked_on_resume(tmp_path, capsys):
-    out = tmp_path / "clip"
-    args = ["train", "regression", "--out", str(out), "--grad-clip-groups", "authors-code"]
-    assert main([*args, *TINY, "--skip-eval"]) == 0
-    assert json.loads((out / "run.json").read_text())["train"]["clip_groups"] == "authors-code"
-    resume = ["train", "regression", "--out", str(out), "--resume", "--quiet", "--skip-eval"]
-    assert main([*resume, "--grad-clip-groups", "per-network"]) == 2
-    assert "started with clip_groups='authors-code'" in capsys.readouterr().err
-    assert main([*resume, "--iterations", "5"]) == 0
-
-
 def test_resume_extends_and_init_from(runs, tmp_path):
     film, _ = runs
     assert main(["train", "regression", "--out", str(film), "--resume", "--iterations", "6",
@@ -145,14 +123,25 @@ def test_resume_extends_and_init_from(runs, tmp_path):
     assert (new / "model.pt").is_file()
 
 
-def test_task_family_is_recorded_and_checked_on_resume(tmp_path, capsys):
-    out = tmp_path / "authors"
-    args = ["train", "regression", "--out", str(out), "--task-family", "authors-code"]
-    assert main([*args, *TINY, "--skip-eval"]) == 0
-    assert json.loads((out / "run.json").read_text())["data"]["task_family"] == "authors-code"
-    resume = ["train", "regression", "--out", str(out), "--resume", "--task-family", "spec"]
-    assert main([*resume, "--quiet", "--skip-eval"]) == 2
-    assert "task_family=authors-code" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "flag, value, other, section, key",
+    [
+        ("--task-family", "authors-code", "spec", "data", "task_family"),
+        ("--base-init", "authors-code", "torch", "learner", "base_init"),
+        ("--grad-clip-groups", "authors-code", "per-network", "train", "clip_groups"),
+    ],
+)
+def test_setting_is_recorded_and_checked_on_resume(
+    tmp_path, capsys, flag, value, other, section, key
+):
+    out = tmp_path / "run"
+    assert main(["train", "regression", "--out", str(out), flag, value, *TINY, "--skip-eval"]) == 0
+    assert json.loads((out / "run.json").read_text())[section][key] == value
+    resume = ["train", "regression", "--out", str(out), "--resume", "--quiet", "--skip-eval"]
+    assert main([*resume, flag, other]) == 2
+    err = capsys.readouterr().err
+    assert f"started with {key}" in err and value in err
+    assert main([*resume, flag, value, "--iterations", "5"]) == 0
 
 
 def test_cli_resume_reproduces_uninterrupted_run(tmp_path):
