@@ -37,10 +37,14 @@ from .logging import MetricsLogger, truncate_log
 CLIP_GROUPS = ("per-network", "authors-code")
 
 
-def clip_group_lists(groups: dict[str, list], how: str) -> list[list]:
-    """The parameter lists that are clipped together, from ``learner.parameter_groups()``."""
+def check_clip_groups(how: str) -> None:
     if how not in CLIP_GROUPS:
         raise ValueError(f"clip_groups must be one of {CLIP_GROUPS}, got {how!r}")
+
+
+def clip_group_lists(groups: dict[str, list], how: str) -> list[list]:
+    """The parameter lists that are clipped together, from ``learner.parameter_groups()``."""
+    check_clip_groups(how)
     groups = dict(groups)
     if how == "authors-code" and "encoder" in groups:
         groups["encoder"] = groups["encoder"] + groups.pop("modulation", [])
@@ -60,7 +64,7 @@ class TrainSettings:
     time_limit: float | None = None  # seconds of this invocation; then finish as if done
 
     def __post_init__(self) -> None:
-        clip_group_lists({}, self.clip_groups)  # validates
+        check_clip_groups(self.clip_groups)
 
 
 # Consecutive iterations with a non-finite loss or gradient (each skipped) after which a
@@ -193,8 +197,7 @@ class Trainer:
         )
         finite = math.isfinite(stats["loss"])
         clip = self.settings.grad_clip
-        groups = self.learner.parameter_groups()
-        for params in clip_group_lists(groups, self.settings.clip_groups):
+        for params in clip_group_lists(self.learner.parameter_groups(), self.settings.clip_groups):
             params = [p for p in params if p.grad is not None]
             if params:
                 norm = torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from ...meta.config import BASE_INITS
-from ...train import CLIP_GROUPS
 from .tasks import check_task_family, mode_names
 
 METHODS = ("maml", "multi-maml", "mumomaml")
@@ -125,8 +124,6 @@ def run_config(
         raise ValueError(f"modulation must be one of {MODULATIONS}, got {modulation!r}")
     if preset_name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset_name!r}")
-    if clip_groups not in CLIP_GROUPS:
-        raise ValueError(f"clip_groups must be one of {CLIP_GROUPS}, got {clip_groups!r}")
     names = mode_names(num_modes)
     check_task_family(task_family)
     preset = dict(PRESETS[preset_name])

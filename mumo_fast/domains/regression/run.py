@@ -129,19 +129,14 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         architecture = {
             "encoder": args.encoder, "encoder_layers": args.encoder_layers,
             "modulation_head": args.modulation_head, "base_init": args.base_init,
+            "clip_groups": args.grad_clip_groups,
         }  # fmt: skip
-        recorded = _architecture(run)
+        recorded = _recorded_choices(run)
         for key, value in architecture.items():
             if value is not None and value != recorded[key]:
                 raise UsageError(
                     f"--resume: this run was started with {key}={recorded[key]!r}, not {value!r}"
                 )
-        recorded_clip = run["train"].get("clip_groups", "per-network")  # older runs
-        if args.grad_clip_groups is not None and args.grad_clip_groups != recorded_clip:
-            raise UsageError(
-                f"--resume: this run was started with clip_groups={recorded_clip!r}, "
-                f"not {args.grad_clip_groups!r}"
-            )
         if args.iterations is not None:
             run["train"]["iterations"] = args.iterations
     else:
@@ -153,13 +148,15 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return run
 
 
-def _architecture(run: dict[str, Any]) -> dict[str, Any]:
+def _recorded_choices(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's model and training choices a resume may restate but not change."""
     learner = run["learner"]
     return {
         "encoder": learner["encoder"],
         "encoder_layers": learner["encoder_layers"],
         "modulation_head": "linear" if learner.get("modulation_hidden", "") is None else "mlp",
         "base_init": learner.get("base_init", "torch"),  # runs made before the option
+        "clip_groups": run["train"].get("clip_groups", "per-network"),  # (same)
     }
 
 
