@@ -7,12 +7,16 @@ modulation network would produce them) on the three hidden layers; T tasks (defa
 bias, second order (``torch.autograd.grad(create_graph=True)``), meta-gradients of the
 summed query losses w.r.t. the initial weights and biases and the FiLM vectors.
 
-Implementations:
-  ops-<backend>  dense per-task fast weights [T, OUT, IN]: every layer is one
-                 ``mumo_fast.ops.film_linear`` call over all tasks, the inner update one
-                 ``mumo_fast.ops.clamped_sgd`` (backend cpp, eager, reference)
-  loop           per task: functional params, F.linear + FiLM + relu, autograd.grad
-                 (create_graph=True) inner steps, query losses summed, backward once
+Implementations (dense per-task fast weights [T, OUT, IN]; every layer is one
+``mumo_fast.ops.film_linear`` call over all tasks; backend cpp, eager, reference):
+  ops-<backend>           the inner gradient in factored form: D = dL/dz per layer written
+                          out through the chain (relu mask, gamma, D W), the update one
+                          ``mumo_fast.ops.linear_sgd`` per layer (W - lr D^T A as one
+                          batched GEMM into W: no weight-sized gradient is ever formed)
+  ops-autograd-<backend>  the inner gradient by ``torch.autograd.grad`` w.r.t. the weights,
+                          the update ``mumo_fast.ops.clamped_sgd``
+  loop                    per task: functional params, F.linear + FiLM + relu, autograd.grad
+                          (create_graph=True) inner steps, query losses summed, backward once
 
 Timing: round-robin over implementations per repeat, median; speedups are ratios of
 medians from the same run. Gradients of every implementation are checked against the
@@ -69,20 +73,48 @@ def make_problem(t: int, seed: int = 0):
     return params, film, (x[:, :K], y[:, :K], x[:, K:], y[:, K:])
 
 
+def ops_net(backend: str, x, fast, film) -> list[torch.Tensor]:
+    """The MLP on [T, N, 1] inputs with (shared or per-task) fast weights; returns every
+    layer's input and, last, the output."""
+    hs = [x]
+    for layer in range(4):
+        w, b = fast[2 * layer], fast[2 * layer + 1]
+        if layer < 3:
+            g, be = film[2 * layer], film[2 * layer + 1]
+            hs.append(ops.film_linear(hs[-1], w, b, g, be, "relu", backend=backend))
+        else:
+            hs.append(ops.film_linear(hs[-1], w, b, backend=backend))
+    return hs
+
+
 def ops_step(backend: str, params, film, data) -> list[torch.Tensor]:
+    xs, ys, xq, yq = data
+    fast = list(params)
+    for _ in range(STEPS):
+        hs = ops_net(backend, xs, fast, film)
+        # D = dL/dz of each layer, last to first (L: sum over tasks of the mean loss)
+        d = 2 * (hs[-1] - ys) / K
+        new = [None] * len(fast)
+        for layer in range(3, -1, -1):
+            w, b = fast[2 * layer], fast[2 * layer + 1]
+            new[2 * layer], new[2 * layer + 1] = ops.linear_sgd(
+                w, b, d, hs[layer], LR, backend=backend
+            )
+            if layer > 0:
+                gy = torch.bmm(d, w) if w.dim() == 3 else d @ w
+                # relu'(.) from the output's sign; the mask's own derivative is zero
+                d = gy * (hs[layer] > 0) * film[2 * (layer - 1)].unsqueeze(1)
+        fast = new
+    qloss = ((ops_net(backend, xq, fast, film)[-1] - yq) ** 2).mean(dim=(1, 2)).sum()
+    return list(torch.autograd.grad(qloss, params + film))
+
+
+def ops_autograd_step(backend: str, params, film, data) -> list[torch.Tensor]:
     xs, ys, xq, yq = data
     t = xs.shape[0]
 
     def net(x, fast):
-        h = x
-        for layer in range(4):
-            w, b = fast[2 * layer], fast[2 * layer + 1]
-            if layer < 3:
-                g, be = film[2 * layer], film[2 * layer + 1]
-                h = ops.film_linear(h, w, b, g, be, "relu", backend=backend)
-            else:
-                h = ops.film_linear(h, w, b, backend=backend)
-        return h
+        return ops_net(backend, x, fast, film)[-1]
 
     # per-task copies of the initial weights: [T, OUT, IN] and [T, OUT]
     fast = [p.expand(t, *p.shape) for p in params]
@@ -125,7 +157,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", type=int, default=75)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--impls", nargs="*", default=["loop", "ops-cpp", "ops-eager", "ops-reference"])
+    ap.add_argument(
+        "--impls",
+        nargs="*",
+        default=[
+            "loop",
+            "ops-cpp",
+            "ops-eager",
+            "ops-reference",
+            "ops-autograd-cpp",
+            "ops-autograd-reference",
+        ],
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     add_allocator_argument(ap)
     ap.add_argument("--json", default="bench/results/cpu_maml_ops_step.json")
@@ -138,7 +181,9 @@ def main() -> None:
     params, film, data = make_problem(args.tasks)
     runs = {"loop": lambda: loop_step(params, film, data)}
     for impl in args.impls:
-        if impl.startswith("ops-"):
+        if impl.startswith("ops-autograd-"):
+            runs[impl] = lambda b=impl[13:]: ops_autograd_step(b, params, film, data)
+        elif impl.startswith("ops-"):
             runs[impl] = lambda b=impl[4:]: ops_step(b, params, film, data)
     impls = [i for i in args.impls if i in runs]
     want = runs["loop"]()

@@ -123,16 +123,6 @@ def _pre_film_grad(gy: Tensor, y: Tensor, gamma: Tensor | None, act: str) -> Ten
 _IS_CHAIN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _weight_grad(d: Tensor, a: Tensor) -> Tensor:
-    """D^T A [T, OUT, IN]. With a dimension of 1 (first / last layer of the regression
-    MLP) it is computed as (A^T D)^T: the same values, but the gradient flowing back to D
-    in the meta-backward is then contiguous instead of transposed, and elementwise ops on
-    transposed [T, K, C] gradients are many times slower on CPU."""
-    if d.shape[-1] == 1 or a.shape[-1] == 1:
-        return torch.bmm(a.transpose(1, 2), d).transpose(1, 2)
-    return torch.bmm(d.transpose(1, 2), a)
-
-
 def _chain(fw: FastWeights, records: dict, out: Tensor, layers: dict) -> list | None:
     """The recorded FiLMLinear layers in order if they form the whole network as a chain."""
     chain = list(records)
@@ -240,9 +230,7 @@ def inner_step(
 
     def add_dense(module, d, a, weight):
         wname, bname = layers[module]
-        names.append(wname)
-        params.append(weight)
-        grads.append(_weight_grad(d, a))
+        new_params[wname], _ = ops.linear_sgd(weight, None, d, a, lr(wname), clamp)
         if bname is not None:
             b = fw.params[bname]
             names.append(bname)

@@ -26,6 +26,7 @@ __all__ = [
     "film_conv2d",
     "film_batch_norm",
     "clamped_sgd",
+    "linear_sgd",
     "set_backend",
     "get_backend",
     "available_backends",
@@ -176,3 +177,33 @@ def clamped_sgd(
     if fused is not None:
         return fused(params, grads, lr, clamp)
     return reference.clamped_sgd(params, grads, lr, clamp)
+
+
+def linear_sgd(
+    weight: Tensor,
+    bias: Tensor | None,
+    d: Tensor,
+    a: Tensor,
+    lr: float | Tensor,
+    clamp: float | None = None,
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """One inner SGD step of a linear layer whose gradient is given in factored form.
+
+    On a support set of K points per task the gradient of a linear layer is
+    ``dL/dW = D^T A`` and ``dL/db = sum_k D`` (D [T, K, OUT]: the gradients w.r.t. the
+    layer's pre-FiLM output; A [T, K, IN]: the layer's inputs). Returns
+    ``(W - lr * clamp(D^T A), b - lr * clamp(sum_k D))``: weight [T, OUT, IN] (or shared
+    [OUT, IN]) becomes per-task [T, OUT, IN]; bias [T, OUT] or [OUT] (or None) becomes
+    [T, OUT]. Without a clamp the compiled backends never form ``D^T A``: one batched
+    GEMM accumulates into W, and the meta-gradient's backward stays small GEMMs.
+    Differentiable to any order in every argument (``lr`` a float or a scalar tensor).
+    """
+    _validate.check_linear_sgd(weight, bias, d, a, lr, clamp)
+    name = _pick(backend, d, "linear_sgd")
+    module = None if name == "reference" else backends.load(name)
+    fused = getattr(module, "linear_sgd", None)
+    if fused is not None:
+        return fused(weight, bias, d, a, lr, clamp)
+    return reference.linear_sgd(weight, bias, d, a, lr, clamp)

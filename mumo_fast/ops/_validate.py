@@ -172,3 +172,37 @@ def check_update(params, grads, lr, clamp) -> None:
             raise ValueError(f"lr must be a float or one per param ({len(params)}), got {len(lr)}")
     if clamp is not None and not (isinstance(clamp, (int, float)) and clamp > 0):
         raise ValueError(f"clamp must be None or a positive number, got {clamp!r}")
+
+
+def check_linear_sgd(weight, bias, d, a, lr, clamp) -> None:
+    d = _check_tensor("d", d)
+    if d.dim() != 3 or any(s == 0 for s in d.shape):
+        raise ValueError(f"d must have shape [T, K, OUT] (non-empty), got {tuple(d.shape)}")
+    if d.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"d must be a floating tensor, got dtype {d.dtype}")
+    t, k, out = d.shape
+    a = _check_tensor("a", a)
+    _check_same(d, "a", a)
+    if a.dim() != 3 or a.shape[:2] != d.shape[:2] or a.shape[2] == 0:
+        raise ValueError(
+            f"a must have shape [{t}, {k}, IN] (the T and K of d), got {tuple(a.shape)}"
+        )
+    in_features = a.shape[2]
+    weight = _check_tensor("weight", weight)
+    _check_same(d, "weight", weight)
+    if tuple(weight.shape) not in ((t, out, in_features), (out, in_features)):
+        raise ValueError(
+            f"weight must have shape [{t}, {out}, {in_features}] or [{out}, {in_features}] "
+            f"for d {tuple(d.shape)} and a {tuple(a.shape)}, got {tuple(weight.shape)}"
+        )
+    check_vector(d, "bias", bias, t, out, shared_ok=True)
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(
+                f"lr must be a float or a one-element tensor, got shape {tuple(lr.shape)}"
+            )
+        _check_same(d, "lr", lr)
+    elif not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        raise TypeError(f"lr must be a float or a one-element tensor, got {type(lr).__name__}")
+    if clamp is not None and not (isinstance(clamp, (int, float)) and clamp > 0):
+        raise ValueError(f"clamp must be None or a positive number, got {clamp!r}")

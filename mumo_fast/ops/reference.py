@@ -171,5 +171,23 @@ def clamped_sgd(
     return out
 
 
+def linear_sgd(
+    weight: Tensor,
+    bias: Tensor | None,
+    d: Tensor,
+    a: Tensor,
+    lr: float | Tensor,
+    clamp: float | None,
+) -> tuple[Tensor, Tensor | None]:
+    """One (clamped) SGD step of a linear layer from its per-task inner gradient written
+    as ``dL/dW = D^T A``, ``dL/db = sum_k D`` (D [T, K, OUT]: gradients w.r.t. the layer's
+    pre-FiLM output; A [T, K, IN]: its inputs): the plain composition, gradient first."""
+    g = torch.bmm(d.transpose(1, 2), a)
+    gb = d.sum(1)
+    if clamp is not None:
+        g, gb = g.clamp(-clamp, clamp), gb.clamp(-clamp, clamp)
+    return weight - lr * g, None if bias is None else bias - lr * gb
+
+
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))

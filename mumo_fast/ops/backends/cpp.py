@@ -160,6 +160,10 @@ def clamped_sgd(params, grads, lr, clamp) -> list[Tensor]:
     return out
 
 
+# one batched GEMM accumulating into the weight is already the fused form
+linear_sgd = eager.linear_sgd
+
+
 # ---- fake kernels and vmap rules ----
 
 

@@ -105,5 +105,28 @@ def bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act: str):
     return dx, dweight, dbias, dgamma, dbeta
 
 
+def linear_sgd(weight, bias, d, a, lr, clamp) -> tuple[Tensor, Tensor | None]:
+    """``ops.linear_sgd`` without forming the gradient ``D^T A`` where no clamp needs it:
+    ``W - lr D^T A`` is one batched GEMM accumulating into W (``baddbmm``), with ``-lr``
+    applied to the small factor D. Its backward is small GEMMs too, so the second-order
+    meta-gradient never writes a weight-sized gradient or scales one."""
+    if clamp is not None:
+        return ref.linear_sgd(weight, bias, d, a, lr, clamp)
+    if isinstance(lr, Tensor):
+        d_scaled, alpha = d * -lr, 1.0
+    else:
+        d_scaled, alpha = d, -float(lr)
+    if d.shape[-1] == 1 or a.shape[-1] == 1:
+        # (W^T - lr A^T D)^T: with a dimension of 1 the transposed result is contiguous,
+        # and the meta-gradient flowing back to D is too (elementwise ops on transposed
+        # [T, K, C] gradients are many times slower on CPU)
+        new_w = torch.baddbmm(weight.transpose(-1, -2), a.transpose(1, 2), d_scaled, alpha=alpha)
+        new_w = new_w.transpose(1, 2)
+    else:
+        new_w = torch.baddbmm(weight, d_scaled.transpose(1, 2), a, alpha=alpha)
+    new_b = None if bias is None else torch.add(bias, d_scaled.sum(1), alpha=alpha)
+    return new_w, new_b
+
+
 def available() -> bool:
     return True

@@ -32,6 +32,7 @@ from ...kernels import linear as _linear
 from ...kernels import lowrank as _lowrank
 from ...kernels import norm as _norm
 from ...kernels import update as _update
+from . import eager
 
 _NS = "mumo_fast_triton"
 
@@ -368,3 +369,7 @@ def clamped_sgd(params, grads, lr, clamp):
     )
     clamp = None if clamp is None else float(clamp)
     return list(ClampedSGDFunction.apply(clamp, n, lr_vec, *params, *grads))
+
+
+# one batched GEMM (cuBLAS) accumulating into the weight is already the fused form
+linear_sgd = eager.linear_sgd
