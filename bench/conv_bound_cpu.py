@@ -35,16 +35,16 @@ from _report import add_allocator_argument, apply_allocator, cpu_name, write_jso
 from mumo_fast import ops  # noqa: E402
 from mumo_fast.ops.backends import cpp  # noqa: E402
 
-T, N, C, O = 32, 80, 64, 64
+T, N, C, OUT = 32, 80, 64, 64
 STRIDE, PADDING = (2, 2), (1, 1)
 
 
 def closures(hw: int, gen: torch.Generator) -> dict:
     x = torch.randn(T, N, C, hw, hw, generator=gen).requires_grad_()
-    w = (torch.randn(O, C, 3, 3, generator=gen) * (9 * C) ** -0.5).requires_grad_()
-    b = (torch.randn(O, generator=gen) * 0.1).requires_grad_()
-    g = (1 + 0.3 * torch.randn(T, O, generator=gen)).requires_grad_()
-    be = (0.1 * torch.randn(T, O, generator=gen)).requires_grad_()
+    w = (torch.randn(OUT, C, 3, 3, generator=gen) * (9 * C) ** -0.5).requires_grad_()
+    b = (torch.randn(OUT, generator=gen) * 0.1).requires_grad_()
+    g = (1 + 0.3 * torch.randn(T, OUT, generator=gen)).requires_grad_()
+    be = (0.1 * torch.randn(T, OUT, generator=gen)).requires_grad_()
     leaves = [x, w, b, g, be]
     with torch.no_grad():
         y = ops.film_conv2d(x, w, b, g, be, 2, 1, "relu", backend="reference")
@@ -55,7 +55,7 @@ def closures(hw: int, gen: torch.Generator) -> dict:
         return torch.autograd.grad(y, leaves, cot)
 
     xf, wd = x.detach().view(T * N, C, hw, hw), w.detach()
-    dz = cot.view(T * N, O, *cot.shape[-2:])
+    dz = cot.view(T * N, OUT, *cot.shape[-2:])
     mask = (True, True, False)
 
     def conv_fwd():
