@@ -70,7 +70,7 @@ timeout -k 5 "$T_TRITON_TESTS" $PY -m pytest tests/test_triton_backend.py -v -rf
 log "stage 2a exit code $? (124 = timeout); $(grep -E '^(FAILED|ERROR)|passed|failed' "$OUT/pytest.log" | tail -1)"
 
 log "stage 2b: generic ops tests (timeout ${T_OPS_TESTS}s)"
-OPS_TESTS=$(ls tests/test_ops_forward.py tests/test_ops_grad.py tests/test_ops_maml.py 2>/dev/null)
+OPS_TESTS=$(ls tests/test_ops_forward.py tests/test_ops_grad.py tests/test_ops_maml.py tests/test_linear_sgd.py 2>/dev/null)
 OPS_LOG=$(mktemp)
 echo "=================== generic ops tests:" $OPS_TESTS >>"$OUT/pytest.log"
 timeout -k 5 "$T_OPS_TESTS" $PY -m pytest $OPS_TESTS -k triton -q -rfE --tb=line -p no:cacheprovider 2>&1 |

@@ -248,24 +248,27 @@ class MetaLearner(nn.Module):
 
     def _adapted_query(self, batch: TaskBatch, steps: int, first_order: bool):
         """Query output after ``steps`` inner steps, and the film used (with graph)."""
-        film = self._film(batch.support_x, batch.support_y)
-        args = (self, film, batch.support_x, batch.support_y, batch.query_x, batch.modes)
-        if self.__dict__.get("_compile_inner_loop", False):
-            previous = ops.get_backend()
-            ops.set_backend("reference")  # inductor fuses the plain torch ops itself
-            try:
-                out = _compiled_adapt_and_query(batch.support_x.device.type)(
-                    *args, steps, first_order
-                )
-            finally:
-                ops.set_backend(previous)
-        else:
-            out = _adapt_and_query(*args, steps, first_order)
+        if not self.__dict__.get("_compile_inner_loop", False):
+            film = self._film(batch.support_x, batch.support_y)
+            args = (self, film, batch.support_x, batch.support_y, batch.query_x, batch.modes)
+            return _adapt_and_query(*args, steps, first_order), film
+        device_type = batch.support_x.device.type
+        previous = ops.get_backend()
+        ops.set_backend("reference")  # inductor fuses the plain torch ops itself
+        try:
+            # (Dynamo skips RNN modules unless told: the encoder's GRU is then traced into
+            # small GEMMs and pointwise ops, which inductor fuses forward and backward)
+            with torch._dynamo.config.patch(allow_rnn=True):
+                film = _compiled(_film_of, device_type)(self, batch.support_x, batch.support_y)
+            args = (self, film, batch.support_x, batch.support_y, batch.query_x, batch.modes)
+            out = _compiled(_adapt_and_query, device_type)(*args, steps, first_order)
+        finally:
+            ops.set_backend(previous)
         return out, film
 
     def use_compiled_inner_loop(self, enabled: bool = True) -> None:
-        """Run :meth:`meta_train_step`'s inner loop and query forward through
-        ``torch.compile`` (inductor; the task encoder and heads stay eager). The inner
+        """Run :meth:`meta_train_step`'s task encoder, modulation heads, inner loop and
+        query forward through ``torch.compile`` (inductor). The inner
         gradients of an MLP base are written out as plain differentiable ops (no
         ``autograd.grad``), so the meta-gradient is one ordinary backward through the
         compiled graph: same values as eager up to float rounding, second order
@@ -440,15 +443,19 @@ def _adapt_and_query(
     return forward(learner.template, fw, query_x, film)[0]
 
 
+def _film_of(learner: MetaLearner, support_x: Tensor, support_y: Tensor):
+    return learner._film(support_x, support_y)
+
+
 @functools.cache
-def _compiled_adapt_and_query(device_type: str):
-    """``_adapt_and_query`` through torch.compile (created once per device type, on first
+def _compiled(fn, device_type: str):
+    """``fn`` through torch.compile (created once per function and device type, on first
     use). On CPU the graph's wrapper is generated as C++ (inductor's ``cpp_wrapper``):
     the step launches hundreds of small kernels, and without the Python wrapper's
     per-kernel overhead the second-order meta-step measured about 10% faster
     (BENCHMARKS.md)."""
     options = {"cpp_wrapper": True} if device_type == "cpu" else None
-    return torch.compile(_adapt_and_query, dynamic=False, options=options)
+    return torch.compile(fn, dynamic=False, options=options)
 
 
 def _detach_film(film):
