@@ -18,6 +18,25 @@ def cpu_name() -> str:
         return platform.processor()
 
 
+def cpu_environment(**extra) -> dict:
+    """The machine a CPU benchmark ran on (CPU, cores, torch threads, versions, load at
+    start, allocator setting), plus ``extra``."""
+    import torch
+
+    from mumo_fast import runtime
+
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+        "allocator": runtime.allocator_description(),
+        **extra,
+    }
+
+
 def update_markdown(path: str, section: str) -> None:
     """Replace the section of ``path`` whose heading is ``section``'s first line (or append
     it); every other section stays as it is."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from statistics import median
@@ -30,7 +29,7 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _report import add_allocator_argument, apply_allocator, cpu_name, write_json  # noqa: E402
+from _report import add_allocator_argument, apply_allocator, cpu_environment, write_json  # noqa: E402
 
 from mumo_fast import ops  # noqa: E402
 from mumo_fast.ops.backends import cpp  # noqa: E402
@@ -92,7 +91,7 @@ def main() -> None:
     if not cpp.available():
         sys.exit("the cpp backend is not available on this machine")
     torch.set_num_threads(args.threads)
-    allocator = apply_allocator(args.allocator)
+    apply_allocator(args.allocator)
     start = time.time()
     gen = torch.Generator().manual_seed(0)
     rows = {}
@@ -119,16 +118,7 @@ def main() -> None:
             f"conv only {conv_only:7.2f}  bound {row['bound']:.2f}x",
             flush=True,
         )
-    env = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg(),
-        "allocator": allocator,
-        "cpp_extension": cpp.origin(),
-    }
+    env = cpu_environment(cpp_extension=cpp.origin())
     command = "python " + " ".join(sys.argv)
     write_json(
         args.json,

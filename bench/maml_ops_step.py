@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from statistics import median
@@ -42,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _report import (  # noqa: E402
     add_allocator_argument,
     apply_allocator,
-    cpu_name,
+    cpu_environment,
     update_markdown,
     write_json,
 )
@@ -176,7 +175,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    allocator = apply_allocator(args.allocator)
+    apply_allocator(args.allocator)
     start = time.time()
     params, film, data = make_problem(args.tasks)
     runs = {"loop": lambda: loop_step(params, film, data)}
@@ -209,15 +208,7 @@ def main() -> None:
             f"{loop_s / med:6.2f}x loop  grad err {errors[i]:.1e}",
             flush=True,
         )
-    env = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg(),
-        "allocator": allocator,
-    }
+    env = cpu_environment()
     result = {
         "environment": env,
         "command": "python " + " ".join(sys.argv),
