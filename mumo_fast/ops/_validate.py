@@ -154,6 +154,11 @@ def check_batch_norm(x, weight, bias, gamma, beta, eps, activation) -> None:
     check_activation(activation)
 
 
+def _check_clamp(clamp: object) -> None:
+    if clamp is not None and not (isinstance(clamp, (int, float)) and clamp > 0):
+        raise ValueError(f"clamp must be None or a positive number, got {clamp!r}")
+
+
 def check_update(params, grads, lr, clamp) -> None:
     if not isinstance(params, (list, tuple)) or not isinstance(grads, (list, tuple)):
         raise TypeError("params and grads must be lists of tensors")
@@ -170,8 +175,7 @@ def check_update(params, grads, lr, clamp) -> None:
     if isinstance(lr, (list, tuple)):
         if len(lr) != len(params):
             raise ValueError(f"lr must be a float or one per param ({len(params)}), got {len(lr)}")
-    if clamp is not None and not (isinstance(clamp, (int, float)) and clamp > 0):
-        raise ValueError(f"clamp must be None or a positive number, got {clamp!r}")
+    _check_clamp(clamp)
 
 
 def check_linear_sgd(weight, bias, d, a, lr, clamp) -> None:
@@ -204,5 +208,4 @@ def check_linear_sgd(weight, bias, d, a, lr, clamp) -> None:
         _check_same(d, "lr", lr)
     elif not isinstance(lr, (int, float)) or isinstance(lr, bool):
         raise TypeError(f"lr must be a float or a one-element tensor, got {type(lr).__name__}")
-    if clamp is not None and not (isinstance(clamp, (int, float)) and clamp > 0):
-        raise ValueError(f"clamp must be None or a positive number, got {clamp!r}")
+    _check_clamp(clamp)
