@@ -8,10 +8,13 @@ medians of ``torch.utils.benchmark.Timer`` measurements:
   gradients of <y, c> w.r.t. x, weight, bias, gamma, beta), as ``bench/ops_cpu.py``;
 * ``conv only``: the convolution alone over all T*N images, forward (oneDNN) plus the
   faster of oneDNN's backward and the cpp backend's per-task backward
-  (``conv_bwd_per_task``), i.e. the time an op whose epilogue cost nothing would take.
+  (``conv_bwd_per_task``), i.e. the time an op whose epilogue cost nothing would take;
+* ``channels-last``: the same convolution in oneDNN's channels-last (NHWC) layout, whose
+  backward is faster, plus the layout conversions an NCHW op would pay for it (x and dz to
+  NHWC, dx back to NCHW; each one copy).
 
-``bound = reference / conv only`` is the largest speedup over the reference any epilogue
-fusion can give while the convolution runs at the same speed.
+``bound = reference / min(conv only, channels-last)`` is the largest speedup over the
+reference any epilogue fusion can give while the convolution runs at oneDNN's speed.
 
     python bench/conv_bound_cpu.py --threads 1 --repeats 7
 """
@@ -65,6 +68,23 @@ def closures(hw: int, gen: torch.Generator) -> dict:
             dz, xf, wd, None, STRIDE, PADDING, (1, 1), False, (0, 0), 1, mask
         )
 
+    cl = torch.channels_last
+    xcl, wcl, dzcl = (t.contiguous(memory_format=cl) for t in (xf, wd, dz))
+
+    def conv_fwd_cl():
+        return torch.nn.functional.conv2d(xcl, wcl, None, STRIDE, PADDING)
+
+    def conv_bwd_cl():
+        return torch.ops.aten.convolution_backward(
+            dzcl, xcl, wcl, None, STRIDE, PADDING, (1, 1), False, (0, 0), 1, mask
+        )
+
+    def to_cl():  # x and dz to NHWC
+        return xf.contiguous(memory_format=cl), dz.contiguous(memory_format=cl)
+
+    def from_cl():  # dx back to NCHW
+        return xcl.contiguous()
+
     def conv_bwd_cpp():
         return cpp.conv_bwd_per_task(
             cot, x.detach(), wd.expand(T, *wd.shape), STRIDE, PADDING, True, True
@@ -76,6 +96,10 @@ def closures(hw: int, gen: torch.Generator) -> dict:
         "conv fwd": conv_fwd,
         "conv bwd oneDNN": conv_bwd_onednn,
         "conv bwd cpp": conv_bwd_cpp,
+        "cl conv fwd": conv_fwd_cl,
+        "cl conv bwd": conv_bwd_cl,
+        "cl x,dz to NHWC": to_cl,
+        "cl dx to NCHW": from_cl,
     }
 
 
@@ -107,15 +131,19 @@ def main() -> None:
                 times[k].append(m.blocked_autorange(min_run_time=args.min_time).median)
         med = {k: median(v) * 1e3 for k, v in times.items()}
         conv_only = med["conv fwd"] + min(med["conv bwd oneDNN"], med["conv bwd cpp"])
+        cl_only = sum(v for k, v in med.items() if k.startswith("cl "))
         row = {**{f"{k} ms": v for k, v in med.items()}, "conv only ms": conv_only}
+        row["channels-last ms"] = cl_only
         row["cpp speedup"] = med["reference"] / med["cpp"]
-        row["bound"] = med["reference"] / conv_only
+        row["bound"] = med["reference"] / min(conv_only, cl_only)
         rows[f"64->64 {hw}x{hw}"] = row
         print(
             f"{hw:2d}x{hw:<2d} reference {med['reference']:7.2f}  cpp {med['cpp']:7.2f} "
             f"({row['cpp speedup']:.2f}x)  conv fwd {med['conv fwd']:6.2f}  bwd oneDNN "
             f"{med['conv bwd oneDNN']:6.2f}  bwd cpp {med['conv bwd cpp']:6.2f}  "
-            f"conv only {conv_only:7.2f}  bound {row['bound']:.2f}x",
+            f"conv only {conv_only:7.2f}  channels-last {cl_only:7.2f} (fwd "
+            f"{med['cl conv fwd']:.2f}, bwd {med['cl conv bwd']:.2f}, conversions "
+            f"{med['cl x,dz to NHWC'] + med['cl dx to NCHW']:.2f})  bound {row['bound']:.2f}x",
             flush=True,
         )
     env = cpu_environment(cpp_extension=cpp.origin())
