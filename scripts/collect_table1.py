@@ -97,6 +97,16 @@ def cell(m: dict | None, key: str) -> str:
     return f"{number(m[key]['mean'])} ± {number(m[key]['ci95'])}"
 
 
+def finished(m: dict | None) -> bool:
+    """Whether the metrics are of a final model.pt trained for the run's whole budget (not a
+    checkpoint, nor a run a time limit stopped early)."""
+    if m is None:
+        return False
+    r = m["run"]
+    trained = r.get("trained_iterations") or r["iterations"]
+    return r.get("model_file") == "model.pt" and trained >= r["iterations"]
+
+
 def budget(m: dict | None) -> str:
     if m is None:
         return "not run"
@@ -142,8 +152,8 @@ def table(results: dict) -> str:
 
 
 def _rows(results: dict, label: str, modes: int, runs, paper) -> list[str]:
-    """One row per seed, and a mean over the seeds that have results where there are two or
-    more."""
+    """One row per seed, and a mean over the finished seeds where there are two or more
+    (an unfinished run has its own row, never a share of the mean)."""
     lines = []
     for seed, name in runs:
         m = results.get(name)
@@ -152,7 +162,7 @@ def _rows(results: dict, label: str, modes: int, runs, paper) -> list[str]:
             f"| {paper[0]:.4f} | {cell(m, 'post_adaptation')} | {median(m)} "
             f"| {paper[1]:.4f} |"
         )
-    done = [results[n] for _, n in runs if results.get(n) is not None]
+    done = [results[n] for _, n in runs if finished(results.get(n))]
     if len(done) > 1:
         pm = sum(m["post_modulation"]["mean"] for m in done) / len(done)
         pa = sum(m["post_adaptation"]["mean"] for m in done) / len(done)

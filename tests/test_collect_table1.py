@@ -49,6 +49,13 @@ def test_collect_writes_the_table_and_reevaluates_on_request(tmp_path):
     mean = (seeds[0]["mean"] + seeds[1]["mean"]) / 2
     assert rows[2].split(" | ")[6] == f"{mean:.4f}"
     assert "| MAML | 2 | mean of" not in text
+    # a seed a time limit stopped early gets its own row but no share of the mean
+    assert main(["train", "regression", "--out", str(runs / "film_2modes_seed2"), "--seed", "2",
+                 *TINY, "--iterations", "100000", "--time-limit", "0.01"]) == 0  # fmt: skip
+    text = _collect(runs, results)
+    rows = [r for r in text.splitlines() if r.startswith("| MuMoMAML, FiLM | 2 |")]
+    assert [r.split(" | ")[2] for r in rows] == ["0", "1", "2", "mean of 2"]
+    assert rows[3].split(" | ")[6] == f"{mean:.4f}"
     # a variant run (another setting of the same method) gets its own labelled row
     variant = [r for r in text.splitlines() if r.startswith("| MuMoMAML, FiLM, authors' base")]
     pa = json.loads((runs / "film_2modes_authors_init" / "metrics.json").read_text())
