@@ -37,7 +37,8 @@ def main() -> int:
     if args.worst < 0:
         ap.error("--worst must be >= 0")
     torch.set_num_threads(1)
-    print(f"{'run':<28} {'tasks':>6} {'mean':>9} {'median':>7} {'max':>9} "
+    width = max(28, *(len(Path(r).name) for r in args.runs))
+    print(f"{'run':<{width}} {'tasks':>6} {'mean':>9} {'median':>7} {'max':>9} "
           f"{'top 1% share':>12} {'mean w/o 10 worst':>17}")  # fmt: skip
     for run_dir in args.runs:
         run = read_run(run_dir)
@@ -47,7 +48,7 @@ def main() -> int:
         err = per_step[steps]
         worst, order = err.sort(descending=True)
         top = worst[: max(1, len(err) // 100)].sum() / worst.sum()
-        print(f"{Path(run_dir).name[:28]:<28} {len(err):>6} {err.mean():9.4f} "
+        print(f"{Path(run_dir).name:<{width}} {len(err):>6} {err.mean():9.4f} "
               f"{err.median():7.4f} {worst[0]:9.3g} {top:12.2f} {worst[10:].mean():17.4f}")  # fmt: skip
         for i in order[: args.worst].tolist():
             sx = tasks.support_x[i, :, 0]
