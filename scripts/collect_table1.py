@@ -97,23 +97,26 @@ def cell(m: dict | None, key: str) -> str:
     return f"{number(m[key]['mean'])} ± {number(m[key]['ci95'])}"
 
 
+def trained(m: dict) -> int:
+    """Meta-iterations behind the evaluated model (older metrics.json lack the field)."""
+    return m["run"].get("trained_iterations") or m["run"]["iterations"]
+
+
 def finished(m: dict | None) -> bool:
     """Whether the metrics are of a final model.pt trained for the run's whole budget (not a
     checkpoint, nor a run a time limit stopped early)."""
-    if m is None:
-        return False
-    r = m["run"]
-    trained = r.get("trained_iterations") or r["iterations"]
-    return r.get("model_file") == "model.pt" and trained >= r["iterations"]
+    return (
+        m is not None
+        and m["run"].get("model_file") == "model.pt"
+        and trained(m) >= m["run"]["iterations"]
+    )
 
 
 def budget(m: dict | None) -> str:
     if m is None:
         return "not run"
-    r = m["run"]
-    done = r.get("trained_iterations") or r["iterations"]
-    note = "" if r.get("model_file") == "model.pt" else " (unfinished, checkpoint)"
-    return f"{done:,}{note}"
+    note = "" if m["run"].get("model_file") == "model.pt" else " (unfinished, checkpoint)"
+    return f"{trained(m):,}{note}"
 
 
 def seed_runs(names, prefix: str, modes: int, suffix: str = "") -> list[tuple[int, str]]:
