@@ -1,0 +1,31 @@
+"""Meta-RL on bimodal 2-D point navigation (SPEC 4.3, paper Fig. 5, 6).
+
+Submodules: `env` (the gymnasium environment ``BimodalNavigationEnv``, registered as
+``mumo_fast/BimodalNavigation-v0`` by ``import mumo_fast.envs``, the batched torch
+environment ``BatchedNavigationEnv`` with the same dynamics, goal sampling) and `sampling`
+(rollouts of all tasks x trajectories at once, ``Trajectories``).  The domain-free RL math
+(returns, GAE, the linear feature baseline, surrogates, conjugate gradient, line search)
+lives in ``mumo_fast.meta.rl``.
+"""
+
+from .env import (
+    GOAL_MEANS,
+    GOAL_STD,
+    BatchedNavigationEnv,
+    BatchedStep,
+    BimodalNavigationEnv,
+    sample_goals,
+)
+from .sampling import Trajectories, gaussian_policy, rollout
+
+__all__ = [
+    "GOAL_MEANS",
+    "GOAL_STD",
+    "BatchedNavigationEnv",
+    "BatchedStep",
+    "BimodalNavigationEnv",
+    "sample_goals",
+    "Trajectories",
+    "gaussian_policy",
+    "rollout",
+]
