@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import stat
 
 import pytest
 import torch
@@ -240,6 +241,101 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load_file(path)["state_dict"]["w"], torch.ones(3))
     assert os.listdir(tmp_path) == ["state.ckpt"]
+
+
+def _poisoned_iterations(trainer, iterations):
+    """NaN in the batch of the given iterations (counted from 1), resumed or not."""
+    sample = trainer.sample_batch
+
+    def poisoned(gen):
+        batch = sample(gen)
+        if trainer.iteration + 1 in iterations:
+            batch.query_y[0, 0, 0] = float("nan")
+        return batch
+
+    trainer.sample_batch = poisoned
+
+
+def _interrupt_at(call):
+    def hook(c):
+        if c == call:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return hook
+
+
+def test_resume_keeps_nonfinite_count(tmp_path):
+    """A run killed after a skipped iteration and resumed logs the same nonfinite_skipped
+    (and losses) as one that was not."""
+    whole = make_trainer(tmp_path / "whole", 8)
+    _poisoned_iterations(whole, {3})
+    assert whole.fit().completed
+    want = read_log(tmp_path / "whole" / "log.jsonl")
+    assert [r.get("nonfinite_skipped", 0) for r in want] == [0, 0, 1, 1, 1, 1, 1, 1]
+
+    first = make_trainer(tmp_path / "cut", 8, hook=_interrupt_at(5))
+    _poisoned_iterations(first, {3})
+    assert first.fit().iteration == 5
+    second = make_trainer(tmp_path / "cut", 8, seed=9)
+    _poisoned_iterations(second, {3})
+    second.resume()
+    assert second.nonfinite_skipped == 1
+    assert second.fit().completed
+    got = read_log(tmp_path / "cut" / "log.jsonl")
+    drop = ("sec_per_iter",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in got] == [
+        {k: v for k, v in r.items() if k not in drop} for r in want
+    ]
+
+
+def test_resume_keeps_the_nonfinite_streak(tmp_path, monkeypatch):
+    """The stop-on-divergence counter goes on across a resume: three non-finite iterations
+    in a row stop the run whether or not it was killed after the second."""
+    from mumo_fast.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MAX_NONFINITE_STREAK", 3)
+    bad = {3, 4, 5, 6, 7}
+    whole = make_trainer(tmp_path / "whole", 10)
+    _poisoned_iterations(whole, bad)
+    assert whole.fit().diverged and whole.iteration == 5
+
+    first = make_trainer(tmp_path / "cut", 10, hook=_interrupt_at(4))
+    _poisoned_iterations(first, bad)
+    assert first.fit().iteration == 4
+    second = make_trainer(tmp_path / "cut", 10)
+    _poisoned_iterations(second, bad)
+    second.resume()
+    result = second.fit()
+    assert result.diverged and result.iteration == 5
+    assert read_log(tmp_path / "cut" / "log.jsonl")[-1]["nonfinite_skipped"] == 3
+
+
+def test_atomic_save_syncs_the_file_then_the_folder(tmp_path, monkeypatch):
+    """Durable: the temporary file's data reach the disk before the rename, and the folder
+    (the rename itself) right after it."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+        events.append(("fsync", kind, st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync)
+    monkeypatch.setattr(checkpoint_module.os, "replace", replace)
+    atomic_save({"config": {}, "state_dict": {"w": torch.randn(3)}}, tmp_path / "a.ckpt")
+    monkeypatch.undo()
+    file_ino = os.stat(tmp_path / "a.ckpt").st_ino
+    assert events == [
+        ("fsync", "file", file_ino),
+        ("replace", file_ino),
+        ("fsync", "dir", os.stat(tmp_path).st_ino),
+    ]
 
 
 def test_load_file_errors(tmp_path):

@@ -15,7 +15,10 @@ MODEL_NAME = "model.pt"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: never a torn file."""
+    """torch.save to a temporary file in the same folder, synced to disk, then os.replace
+    and a sync of the folder: never a torn file, and once this returns the new file
+    survives a power loss (without the folder's sync the rename itself may be lost,
+    and with it, on some file systems, both the old file and the new)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -24,9 +27,23 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to disk. Where folders cannot be opened
+    (Windows), there is nothing to do: NTFS journals the rename itself."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def rng_state(data_generator: torch.Generator | None = None) -> dict[str, Any]:

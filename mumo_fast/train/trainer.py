@@ -119,7 +119,7 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         self.optimizer = torch.optim.Adam(learner.parameters(), lr=settings.lr)
         self.iteration = 0
-        self.nonfinite_skipped = 0  # in this invocation
+        self.nonfinite_skipped = 0  # in the whole run (restored by resume)
         self._nonfinite_streak = 0
         self._stop: int | None = None
 
@@ -136,6 +136,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "iteration": self.iteration,
                 "rng": rng_state(self.generator),
+                "nonfinite_skipped": self.nonfinite_skipped,
+                "nonfinite_streak": self._nonfinite_streak,
                 "settings": asdict(self.settings),
                 "extra": self.extra,
             },
@@ -177,6 +179,9 @@ class Trainer:
         self.optimizer.load_state_dict(obj["optimizer"])
         self.iteration = int(obj["iteration"])
         set_rng_state(obj["rng"], self.generator)
+        # (checkpoints written before these were stored count from 0)
+        self.nonfinite_skipped = int(obj.get("nonfinite_skipped", 0))
+        self._nonfinite_streak = int(obj.get("nonfinite_streak", 0))
         truncate_log(self.run_dir / "log.jsonl", self.iteration)
 
     def init_from(self, path: str | os.PathLike) -> None:
