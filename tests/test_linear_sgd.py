@@ -176,7 +176,10 @@ def test_bad_input_names_the_argument(change, match):
     [
         (torch.ones(2), None, "lr must be"),
         ("0.1", None, "lr must be"),
+        (None, None, "lr must be"),
+        (float("inf"), None, "lr must be finite"),
         (0.1, -1.0, "clamp must be"),
+        (0.1, True, "clamp must be"),
     ],
 )
 def test_bad_lr_or_clamp(lr, clamp, match):

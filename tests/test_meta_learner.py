@@ -39,6 +39,10 @@ def test_defaults_are_the_paper_regression_model():
         ({"modulation": "gate"}, "modulation"),
         ({"inner_steps": -1}, "inner_steps"),
         ({"inner_lr": "0.1"}, "inner_lr"),
+        ({"inner_lr": float("nan")}, "inner_lr"),
+        ({"inner_lr": float("inf")}, "inner_lr"),
+        ({"inner_grad_clamp": float("nan")}, "inner_grad_clamp"),
+        ({"inner_grad_clamp": True}, "inner_grad_clamp"),
         ({"inner_grad_clamp": 0}, "inner_grad_clamp"),
         ({"fast_weights": "sparse"}, "fast_weights"),
         ({"method": "multi-maml", "fast_weights": "lowrank"}, "fast_weights"),
@@ -184,6 +188,23 @@ def test_bad_inputs_name_the_argument():
         learner.evaluate(b, steps=-1)
     with pytest.raises(ValueError, match="query_x"):
         learner.predict(b.support_x, b.support_y, b.query_x[:2])
+    # K = 0 support points, or no query points
+    with pytest.raises(ValueError, match="support_x must hold at least one"):
+        learner.meta_train_step(
+            TaskBatch(b.support_x[:, :0], b.support_y[:, :0], b.query_x, b.query_y)
+        )
+    with pytest.raises(ValueError, match="support_x must hold at least one"):
+        learner.predict(b.support_x[:, :0], b.support_y[:, :0], b.query_x)
+    with pytest.raises(ValueError, match="query_x must hold at least one"):
+        learner.evaluate(TaskBatch(b.support_x, b.support_y, b.query_x[:, :0], b.query_y[:, :0]))
+    # a float32 input to a float64 model (and the other way round) names the input
+    with pytest.raises(TypeError, match="query_x must have dtype torch.float64"):
+        learner.predict(b.support_x, b.support_y, b.query_x.float())
+    with pytest.raises(TypeError, match="support_x must have dtype torch.float64"):
+        learner.meta_train_step(TaskBatch(b.support_x.float(), b.support_y, b.query_x, b.query_y))
+    single = make(mlp_cfg()).float()
+    with pytest.raises(TypeError, match="query_x must have dtype torch.float32"):
+        single.predict(b.support_x.float(), b.support_y.float(), b.query_x)
 
 
 def test_base_networks_expose_film_channels():

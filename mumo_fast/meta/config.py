@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 METHODS = ("maml", "multi-maml", "mumomaml")
@@ -146,12 +147,12 @@ def resolve_config(cfg: dict) -> dict:
         out["eval_steps"] = out["inner_steps"]
     _int(out, "chunk_size", 1, optional=True)
     lr = out["inner_lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
-        raise ValueError(f"config['inner_lr'] must be a non-negative number, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < math.inf:
+        raise ValueError(f"config['inner_lr'] must be a finite non-negative number, got {lr!r}")
     out["inner_lr"] = float(lr)
     clamp = out["inner_grad_clamp"]
     if clamp is not None and (
-        isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or clamp <= 0
+        isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not clamp > 0
     ):
         raise ValueError(
             f"config['inner_grad_clamp'] must be None or a positive number, got {clamp!r}"

@@ -200,6 +200,17 @@ class MetaLearner(nn.Module):
             raise ValueError(f"{xname} must have shape {want_x}, got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{xname} must be a floating-point tensor, got {x.dtype}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(
+                f"{xname} must hold at least one task and one point per task, "
+                f"got shape {tuple(x.shape)}"
+            )
+        dtype = next(self.parameters()).dtype
+        if x.dtype != dtype:
+            raise TypeError(
+                f"{xname} must have dtype {dtype} (the dtype of this model's parameters), "
+                f"got {x.dtype}"
+            )
         if y is None:
             return
         if not isinstance(y, Tensor):

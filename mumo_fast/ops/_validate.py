@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -67,6 +69,8 @@ def check_linear(x, weight, bias, gamma, beta, activation) -> None:
             f"weight must have shape [{t}, OUT, {in_features}] or [OUT, {in_features}] "
             f"for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}"
         )
+    if out == 0:
+        raise ValueError(f"weight must not be empty (OUT = 0), got {tuple(weight.shape)}")
     check_vector(x, "bias", bias, t, out, shared_ok=True)
     check_vector(x, "gamma", gamma, t, out, shared_ok=False)
     check_vector(x, "beta", beta, t, out, shared_ok=False)
@@ -129,6 +133,10 @@ def check_conv(x, weight, bias, gamma, beta, stride, padding, activation):
             f"weight must have shape [{t}, O, {c}, KH, KW] or [O, {c}, KH, KW] "
             f"for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}"
         )
+    if 0 in weight.shape:
+        raise ValueError(
+            f"weight must not be empty (no dimension of size 0), got {tuple(weight.shape)}"
+        )
     stride = check_pair("stride", stride, 1)
     padding = check_pair("padding", padding, 0)
     if h + 2 * padding[0] < kh or w + 2 * padding[1] < kw:
@@ -149,14 +157,39 @@ def check_batch_norm(x, weight, bias, gamma, beta, eps, activation) -> None:
     check_vector(x, "bias", bias, t, c, shared_ok=True)
     check_vector(x, "gamma", gamma, t, c, shared_ok=False)
     check_vector(x, "beta", beta, t, c, shared_ok=False)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise ValueError(f"eps must be a finite positive number, got {eps!r}")
     check_activation(activation)
 
 
 def _check_clamp(clamp: object) -> None:
-    if clamp is not None and not (isinstance(clamp, (int, float)) and clamp > 0):
+    if clamp is None:
+        return
+    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)):
+        raise TypeError(f"clamp must be None or a positive number, got {clamp!r}")
+    if not clamp > 0:
         raise ValueError(f"clamp must be None or a positive number, got {clamp!r}")
+
+
+def _check_lr(name: str, lr: object, like: Tensor) -> None:
+    """A learning rate: a finite real number, or a one-element floating tensor on the
+    device of the tensor it updates (a learnable one; its value is not read here)."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(
+                f"{name} must be a number or a one-element tensor, got shape {tuple(lr.shape)}"
+            )
+        if not lr.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got dtype {lr.dtype}")
+        if lr.device != like.device:
+            raise ValueError(f"{name} must be on device {like.device}, got {lr.device}")
+        return
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(
+            f"{name} must be a number or a one-element tensor, got {type(lr).__name__} {lr!r}"
+        )
+    if not math.isfinite(lr):
+        raise ValueError(f"{name} must be finite, got {lr!r}")
 
 
 def check_update(params, grads, lr, clamp) -> None:
@@ -175,6 +208,10 @@ def check_update(params, grads, lr, clamp) -> None:
     if isinstance(lr, (list, tuple)):
         if len(lr) != len(params):
             raise ValueError(f"lr must be a float or one per param ({len(params)}), got {len(lr)}")
+        for i, (a, p) in enumerate(zip(lr, params)):
+            _check_lr(f"lr[{i}]", a, p)
+    elif params:
+        _check_lr("lr", lr, params[0])
     _check_clamp(clamp)
 
 
@@ -206,6 +243,6 @@ def check_linear_sgd(weight, bias, d, a, lr, clamp) -> None:
                 f"lr must be a float or a one-element tensor, got shape {tuple(lr.shape)}"
             )
         _check_same(d, "lr", lr)
-    elif not isinstance(lr, (int, float)) or isinstance(lr, bool):
-        raise TypeError(f"lr must be a float or a one-element tensor, got {type(lr).__name__}")
+    else:
+        _check_lr("lr", lr, d)
     _check_clamp(clamp)
