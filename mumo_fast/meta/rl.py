@@ -36,9 +36,7 @@ def _mask_like(mask: Tensor | None, x: Tensor) -> Tensor:
     return torch.ones_like(x) if mask is None else mask.to(x.dtype)
 
 
-def discount_matrix(
-    horizon: int, discount: float, *, dtype=torch.float32, device=None
-) -> Tensor:
+def discount_matrix(horizon: int, discount: float, *, dtype=torch.float32, device=None) -> Tensor:
     """``M`` ``[H, H]`` with ``M[k, t] = discount ** (k - t)`` for ``k >= t``, else 0, so
     that ``(x @ M)[..., t] = sum_{k >= t} discount ** (k - t) * x[..., k]``."""
     idx = torch.arange(horizon, device=device)

@@ -18,8 +18,10 @@ Dynamics of one step, in this order (both environments, float32 throughout):
 
 The reward of the step that reaches the goal is included; an episode therefore has between
 1 and ``horizon`` rewarded steps.  The batched environment computes the same float32
-operations elementwise, so for the same goals and actions both produce identical
-positions, rewards and flags (tests/test_navigation_env.py checks it).
+operations elementwise (its square root in float64, rounded to float32: correctly rounded
+like numpy's, which torch's vectorised float32 ``sqrt`` is not always), so for the same goals
+and actions both produce bit-identical positions, rewards and flags
+(tests/test_navigation_env.py checks it).
 """
 
 from __future__ import annotations
@@ -159,9 +161,13 @@ class BimodalNavigationEnv(gym.Env):
         terminated = bool(distance < self.goal_tolerance)
         self._t += 1
         truncated = self._t >= self.horizon
-        return self._position.copy(), float(reward), terminated, truncated, {
-            "distance": float(distance)
-        }
+        return (
+            self._position.copy(),
+            float(reward),
+            terminated,
+            truncated,
+            {"distance": float(distance)},
+        )
 
 
 class BatchedStep(NamedTuple):
@@ -242,7 +248,8 @@ class BatchedNavigationEnv:
         d = position - self.goals.unsqueeze(1)
         dx, dy = d.unbind(-1)
         squared = dx * dx + dy * dy
-        distance = squared.sqrt()
+        # correctly rounded like numpy's: torch's vectorised float32 sqrt can be 1 ulp off
+        distance = squared.to(torch.float64).sqrt().to(squared.dtype)
         reward = -(squared if self.squared_reward else distance)
         reward = torch.where(active, reward, torch.zeros_like(reward))
         terminated = active & (distance < self.goal_tolerance)
