@@ -1,7 +1,7 @@
 """The cpp epilogue backward alone (``torch.ops.mumo_fast.epilogue_bwd``, ReLU, with
 gamma) at the conv layers' output shapes: median ms of repeated calls, 1 thread.
 
-To compare two versions of csrc/, run it once per source tree in the same session:
+To compare two versions of csrc/, run it once per source tree, back to back on one machine:
     python bench/epilogue_bwd_cpu.py
     MUMO_FAST_CSRC=/path/to/other/csrc python bench/epilogue_bwd_cpu.py
 """

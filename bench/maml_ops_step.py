@@ -3,7 +3,7 @@ step as a Python loop over tasks with plain torch ops.
 
 Workload: regression MLP 1-100-100-100-1 (ReLU) with FiLM (per-task gamma, beta, as a
 modulation network would produce them) on the three hidden layers; T tasks (default
-75), K=5 support and 10 query points, 5 inner SGD steps (lr 0.001, as in SPEC 4.1) on every weight and
+75), K=5 support and 10 query points, 5 inner SGD steps (lr 0.001, the paper's) on every weight and
 bias, second order (``torch.autograd.grad(create_graph=True)``), meta-gradients of the
 summed query losses w.r.t. the initial weights and biases and the FiLM vectors.
 

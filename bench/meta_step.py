@@ -1,6 +1,6 @@
 """Meta-training step throughput: mumo_fast against the same model written three other ways.
 
-Workload (the paper's three-mode regression setting, SPEC 4.1 / 6): MuMoMAML with
+Workload (the paper's three-mode regression setting): MuMoMAML with
 FiLM, base MLP 1-100-100-100-1 (ReLU, FiLM on the three hidden layers), bi-GRU task
 encoder (hidden 40), one-hidden-layer modulation heads; T tasks (default 75 = 25 per
 mode), K=5 support and 10 query points, 5 inner steps (lr 0.001), full meta-gradient
@@ -14,8 +14,8 @@ Implementations (identical parameters; their gradients are checked against the l
           baselines do not compute either)
   mumo_compiled, mumo_dense_compiled, mumo_lowrank_compiled
           mumo_auto (mumo_dense, mumo_lowrank) with learner.use_compiled_inner_loop(): the
-          inner loop and query forward through torch.compile (inductor); the compile happens
-          before the timed steps; no peak memory (see main())
+          task encoder, modulation heads, inner loop and query forward through torch.compile
+          (inductor); the compile happens before the timed steps; no peak memory (see main())
   loop    per task: functional params, torch.autograd.grad(create_graph=True) inner steps,
           query loss kept; the mean of the query losses backward once (the authors' style)
   vmap    torch.func.vmap over tasks of the inner loop written with torch.func.grad

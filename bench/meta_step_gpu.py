@@ -11,7 +11,7 @@ biases and the FiLM parameters.  Implementations, all in one run:
 * ``dense-reference`` / ``dense-triton``: mumo_fast.ops with per-task dense weights
   ``[T, OUT, IN]``, backend reference (batched torch ops) or triton (fused kernels), the
   update through ``ops.clamped_sgd``;
-* ``lowrank-reference`` / ``lowrank-triton``: the low-rank form (SPEC section 5): the
+* ``lowrank-reference`` / ``lowrank-triton``: the exact low-rank form of the fast weights: the
   shared weight plus per-task rank-K corrections ``u, v`` grown by one block per inner
   step, through ``ops.film_linear_lowrank``; per-task weights are never built.
 

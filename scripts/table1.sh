@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper Table 1 (SPEC 4.1): 2 and 3 modes x {MAML, Multi-MAML, MuMoMAML softmax/sigmoid/FiLM},
+# Paper Table 1 (multimodal regression): 2 and 3 modes x {MAML, Multi-MAML, MuMoMAML softmax/sigmoid/FiLM},
 # the paper's settings (--preset paper) except the iteration budget. Every run goes to the
 # background (nohup, nice, one thread each) and writes $OUT/<run>/: run.json, log.jsonl,
 # checkpoint.ckpt (every 250 iterations), and at the end model.pt, metrics.json, figures/.
