@@ -126,6 +126,42 @@ def test_baseline_fit_against_numpy_lstsq(reg):
     assert resid < const
 
 
+@pytest.mark.parametrize("gae_lambda", [1.0, 0.9])
+def test_compute_advantages_against_a_per_episode_numpy_pipeline(gae_lambda):
+    g = _gen()
+    t, b, h, discount = 3, 5, 15, 0.95
+    obs = torch.randn(t, b, h, 2, generator=g).cumsum(2) * 0.1
+    rewards = -torch.rand(t, b, h, generator=g)
+    mask = _episode_mask(t, b, h, g).float()
+    rewards = rewards * mask
+    out = rl.compute_advantages(obs, rewards, mask, discount, gae_lambda=gae_lambda)
+    for i in range(t):  # rllab-style: a list of variable-length paths per task
+        paths = []
+        for j in range(b):
+            n = int(mask[i, j].sum())
+            r = rewards[i, j, :n].double().numpy()
+            ret = np.array([sum(discount**k * r[s + k] for k in range(n - s)) for s in range(n)])
+            o = obs[i, j, :n].double().numpy()
+            tt = np.arange(n).reshape(-1, 1) / 100.0
+            feats = np.concatenate([o, o**2, tt, tt**2, tt**3, np.ones((n, 1))], axis=1)
+            paths.append((r, ret, feats))
+        x = np.concatenate([p[2] for p in paths])
+        y = np.concatenate([p[1] for p in paths])
+        coeffs = np.linalg.lstsq(x.T @ x + 1e-5 * np.eye(8), x.T @ y, rcond=None)[0]
+        advs = []
+        for r, _, feats in paths:
+            v = np.append(feats @ coeffs, 0.0)
+            deltas = r + discount * v[1:] - v[:-1]
+            a = np.array([sum((discount * gae_lambda) ** k * deltas[s + k]
+                               for k in range(len(r) - s)) for s in range(len(r))])  # fmt: skip
+            advs.append(a)
+        flat = np.concatenate(advs)
+        flat = (flat - flat.mean()) / (flat.std() + 1e-8)
+        got = out[i][mask[i] == 1].double().numpy()
+        np.testing.assert_allclose(got, flat, rtol=1e-4, atol=1e-4)
+    assert (out[mask == 0] == 0).all()
+
+
 def test_baseline_of_a_task_without_steps_is_zero():
     g = _gen()
     feats = torch.randn(2, 10, 8, generator=g, dtype=torch.float64)
@@ -302,7 +338,7 @@ def test_trpo_step_keeps_the_kl_bound_improves_and_follows_the_natural_gradient(
     params, loss_fn, kl_fn, flat_kl = _policy_problem(g)
     old = rl.flat_concat([p.detach() for p in params]).clone()
     loss0 = loss_fn()
-    assert float(kl_fn()) == 0.0
+    assert float(kl_fn().detach()) == 0.0
     # the reference step: the exact natural gradient (8 parameters, so 10 conjugate-gradient
     # iterations are exact), scaled so that the quadratic model of the KL equals the bound
     grad = rl.flat_concat(torch.autograd.grad(loss0, params)).detach()
@@ -315,9 +351,9 @@ def test_trpo_step_keeps_the_kl_bound_improves_and_follows_the_natural_gradient(
     new = rl.flat_concat([p.detach() for p in params])
     assert res.line_search.accepted
     assert res.expected_kl == pytest.approx(max_kl, rel=1e-6)
-    assert float(kl_fn()) <= max_kl and float(loss_fn()) < float(loss0)
-    assert float(kl_fn()) == pytest.approx(res.line_search.kl, rel=1e-12)
-    assert float(loss_fn()) == pytest.approx(res.line_search.loss, rel=1e-12)
+    assert float(kl_fn().detach()) <= max_kl and float(loss_fn().detach()) < float(loss0.detach())
+    assert float(kl_fn().detach()) == pytest.approx(res.line_search.kl, rel=1e-12)
+    assert float(loss_fn().detach()) == pytest.approx(res.line_search.loss, rel=1e-12)
     torch.testing.assert_close((old - new) / res.line_search.fraction, step, rtol=1e-6, atol=1e-9)
 
 

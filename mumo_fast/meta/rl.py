@@ -12,7 +12,8 @@ Pieces (rllab / MAML-RL conventions where they exist):
   (one matrix product with a discount matrix, no Python loop over time);
 - ``linear_baseline_features``, ``fit_linear_baseline``, ``predict_linear_baseline``,
   ``linear_baseline_values``: rllab's LinearFeatureBaseline, fitted per task by batched
-  ridge-regularised least squares;
+  ridge-regularised least squares; ``compute_advantages``: returns, baseline, GAE and
+  normalisation in one call;
 - ``normalize_advantages``, ``reinforce_loss``, ``importance_sampling_loss``: surrogate
   losses per task (to minimise);
 - ``gaussian_log_prob``, ``gaussian_kl``: diagonal Gaussian policies;
@@ -173,6 +174,30 @@ def linear_baseline_values(
     feats = linear_baseline_features(observations, time_scale=time_scale)
     coeffs = fit_linear_baseline(feats, returns, mask, reg=reg)
     return predict_linear_baseline(feats, coeffs).detach() * _mask_like(mask, returns)
+
+
+def compute_advantages(
+    observations: Tensor,
+    rewards: Tensor,
+    mask: Tensor | None,
+    discount: float,
+    *,
+    gae_lambda: float = 1.0,
+    normalize: bool = True,
+    reg: float = 1e-5,
+) -> Tensor:
+    """MAML-RL's sample processing per task: discounted returns, the linear feature baseline
+    fitted to them on the same batch, GAE with it (``gae_lambda=1``, the default: returns
+    minus baseline), then (``normalize``) standardised per task.
+
+    ``observations`` ``[T, B, H, D]``, ``rewards``, ``mask`` ``[T, B, H]``; returns advantages
+    ``[T, B, H]``, 0 where masked, no gradient.
+    """
+    with torch.no_grad():
+        returns = discounted_returns(rewards, mask, discount)
+        values = linear_baseline_values(observations, returns, mask, reg=reg)
+        adv = gae(rewards, values, mask, discount, gae_lambda)
+        return normalize_advantages(adv, mask) if normalize else adv
 
 
 # ---------------------------------------------------------------- policies and surrogates
