@@ -22,6 +22,22 @@ if torch.cuda.is_available():
 
 
 @pytest.fixture(autouse=True)
+def _backend_present(request):
+    """A test parametrised over a backend that is missing here is skipped with the reason,
+    or fails where that backend is required (see ``ops_cases.required_backends``: CI)."""
+    from ops_cases import missing_reason, required_backends
+
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    backend = params.get("backend")
+    if isinstance(backend, str):
+        reason = missing_reason(backend)
+        if reason is not None:
+            if backend in required_backends():
+                pytest.fail(f"backend {backend!r} is required here but unavailable: {reason}")
+            pytest.skip(f"backend {backend!r} unavailable: {reason}")
+
+
+@pytest.fixture(autouse=True)
 def _triton_tensors_on_cuda(request):
     """Tests parametrised by ``backend`` draw their tensors on the default device; for the
     compiled (non-interpreted) triton backend that is CUDA."""

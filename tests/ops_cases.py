@@ -8,10 +8,50 @@ import os
 
 import torch
 
-from mumo_fast.ops import available_backends
+from mumo_fast.ops import backends
 
 ACTIVATIONS = ("none", "relu", "tanh", "sigmoid")
-FUSED_BACKENDS = [b for b in available_backends() if b != "reference"]
+# Every backend, available here or not: a test parametrised by ``backend`` over one that is
+# missing is skipped with the reason, or fails where the backend is required (conftest's
+# ``_backend_present``, ``required_backends``), never silently dropped.
+FUSED_BACKENDS = ["eager", "cpp", "triton"]
+ALL_BACKENDS = ["reference", *FUSED_BACKENDS]
+
+
+def required_backends() -> set[str]:
+    """Backends that must be available: ``MUMO_FAST_REQUIRE_BACKENDS`` (comma-separated,
+    e.g. ``cpp,triton``; empty: none) if set, else every one where ``CI`` is set (to
+    anything but empty, 0 or false), else none."""
+    listed = os.environ.get("MUMO_FAST_REQUIRE_BACKENDS")
+    if listed is not None:
+        names = {n.strip() for n in listed.split(",") if n.strip()}
+        unknown = names - set(FUSED_BACKENDS)
+        if unknown:
+            raise ValueError(
+                f"MUMO_FAST_REQUIRE_BACKENDS names unknown backends {sorted(unknown)} "
+                f"(known: {FUSED_BACKENDS})"
+            )
+        return names
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return set(FUSED_BACKENDS)
+    return set()
+
+
+def missing_reason(backend: str) -> str | None:
+    """Why ``backend`` is unavailable here, or None when it works."""
+    if backend == "reference" or backends.load(backend) is not None:
+        return None
+    if backend == "cpp":
+        from mumo_fast.ops.backends import cpp
+
+        return f"the C++ extension did not load: {cpp._state.get('error', 'unknown error')}"
+    if backend == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError as err:
+            return f"triton is not installed ({err})"
+        return "triton needs CUDA or TRITON_INTERPRET=1"
+    return f"backend {backend!r} is unavailable"
 
 
 def interpreted(backend: str) -> bool:
