@@ -25,8 +25,6 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from mumo_fast.kernels import epilogue, linear, lowrank, norm, update  # noqa: E402
 
-FLOATS = {"eps", "clamp"}
-
 
 def is_ptr(name):
     return name.endswith("_ptr") or (len(name) == 2 and name[0] in "pgo" and name[1].isdigit())
@@ -41,8 +39,6 @@ def compile_variant(kernel, dtype, const, arch, num_warps=4):
             constexprs[name] = const[name]
         elif is_ptr(name):
             sig[name] = "*" + dtype
-        elif name in FLOATS:
-            sig[name] = "fp32"
         else:
             sig[name] = "i32"
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)

@@ -37,6 +37,11 @@ def acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``acc_dtype`` as a torch dtype (for runtime scalars handed to a kernel)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def use_dot(dtype: torch.dtype) -> bool:
     """Whether GEMM tiles go through ``tl.dot`` (float32/16) or a broadcast-multiply-sum
     (float64: exact on every target, including GPUs without a float64 ``tl.dot``)."""
@@ -45,6 +50,14 @@ def use_dot(dtype: torch.dtype) -> bool:
 
 def input_precision() -> str:
     return "tf32" if TF32 else "ieee"
+
+
+def scalar(value: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """A runtime float (clamp bound, eps, ...) for a kernel, as a 1-element tensor of
+    ``dtype`` that the kernel loads.  Kernels take no Python float argument: Triton types
+    one as float32 (compiled, and interpreted up to 3.8), which rounds a float64 kernel's
+    bound or eps to float32 precision."""
+    return torch.full((1,), float(value), dtype=dtype, device=device)
 
 
 def next_pow2(n: int) -> int:

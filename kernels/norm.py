@@ -39,7 +39,7 @@ def bn_fwd_kernel(
     N,
     C,
     S,
-    eps,
+    eps_ptr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     HAS_GAMMA: tl.constexpr,
@@ -59,7 +59,9 @@ def bn_fwd_kernel(
         gamma_ptr, beta_ptr: FiLM [T, C] (read when HAS_GAMMA / HAS_BETA).
         y_ptr: output [T, N, C, S], contiguous.
         mean_ptr, rstd_ptr: outputs [T, C]: mean and 1/sqrt(biased var + eps) over N, S.
-    Sizes: N, C, S (runtime); eps (runtime float).
+        eps_ptr: [1] batch norm's eps in ACC_DTYPE (a tensor, not a Python float, so that
+            float64 keeps a float64 eps).
+    Sizes: N, C, S (runtime).
     Constexprs: ACT activation code; ACC_DTYPE statistics dtype; BLOCK_N, BLOCK_C,
         BLOCK_S the tile walked over N and S.
     Statistics: sums of x - x[t, 0, c, 0] and its square (shifted, so no catastrophic
@@ -91,6 +93,7 @@ def bn_fwd_kernel(
     s2 = tl.sum(tl.sum(acc2, axis=2), axis=0) / m
     var = tl.maximum(s2 - s1 * s1, 0.0)
     mean = shift + s1
+    eps = tl.load(eps_ptr).to(ACC_DTYPE)
     rstd = 1.0 / tl.sqrt(var + eps)
     vec = t * C + offs_c
     tl.store(mean_ptr + vec, mean.to(mean_ptr.dtype.element_ty), mask=mask_c)
@@ -241,7 +244,7 @@ def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str):
         n,
         c,
         s,
-        float(eps),
+        _common.scalar(eps, _common.acc_torch_dtype(x.dtype), x.device),
         HAS_W=weight is not None,
         HAS_B=bias is not None,
         HAS_GAMMA=gamma is not None,

@@ -33,7 +33,7 @@ def _update_block(
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(ACC_DTYPE)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC_DTYPE)
     if HAS_CLAMP:
-        g = tl.minimum(tl.maximum(g, -clamp), clamp)
+        g = tl.minimum(tl.maximum(g, -clamp), clamp)  # clamp: a scalar of ACC_DTYPE
     lr = tl.load(lr_ptr + slot).to(ACC_DTYPE)
     tl.store(o_ptr + offs, (p - lr * g).to(o_ptr.dtype.element_ty), mask=mask)
 
@@ -80,7 +80,7 @@ def clamped_sgd_kernel(
     e5,
     e6,
     lr_ptr,
-    clamp,
+    clamp_ptr,
     NUM: tl.constexpr,
     HAS_CLAMP: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -91,13 +91,15 @@ def clamped_sgd_kernel(
     Grid: (total blocks,) where tensor i owns blocks [e_{i-1}, e_i) (e_{-1} = 0).
     Pointers: p_i, g_i: parameter and gradient i, contiguous, same numel n_i; o_i: the
         fresh output i; slots >= NUM are unused (any valid pointer).  lr_ptr: [NUM]
-        per-tensor learning rates (ACC_DTYPE-convertible).
-    Sizes: n_i element counts; e_i cumulative block ends; clamp (runtime float, used
-        when HAS_CLAMP).
+        per-tensor learning rates (ACC_DTYPE-convertible).  clamp_ptr: [1] the clamp bound
+        in the parameters' dtype, used when HAS_CLAMP (a tensor, not a Python float, so
+        that a float64 bound keeps float64 precision; any valid pointer otherwise).
+    Sizes: n_i element counts; e_i cumulative block ends.
     Constexprs: NUM tensors in this launch (1..8); ACC_DTYPE arithmetic dtype; BLOCK
         elements per program.
     """
     pid = tl.program_id(0)
+    clamp = tl.load(clamp_ptr).to(ACC_DTYPE)
     if pid < e0:
         _update_block(p0, g0, o0, lr_ptr, 0, n0, pid, clamp, HAS_CLAMP, ACC_DTYPE, BLOCK)
     if NUM > 1:
@@ -125,11 +127,13 @@ def clamped_sgd_kernel(
 
 def clamped_sgd(params, grads, lr, clamp):
     """Launcher: params, grads lists of contiguous tensors of one dtype and device; lr a
-    1-D tensor with one learning rate per param; clamp a float or None.
-    Returns the list of fresh updated tensors."""
+    1-D tensor with one learning rate per param; clamp a float or None (applied in the
+    parameters' dtype, as ``Tensor.clamp`` does).  Returns the list of fresh updated tensors."""
     outs = [torch.empty_like(p) for p in params]
+    dtype, device = params[0].dtype, params[0].device
+    clamp_t = lr if clamp is None else _common.scalar(clamp, dtype, device)
     block = 256 if _common.INTERPRET else 2048
-    acc = _common.acc_dtype(params[0].dtype)
+    acc = _common.acc_dtype(dtype)
     for start in range(0, len(params), SLOTS):
         ps = params[start : start + SLOTS]
         gs = grads[start : start + SLOTS]
@@ -151,7 +155,7 @@ def clamped_sgd(params, grads, lr, clamp):
             *numels,
             *ends[: SLOTS - 1],
             lr[start : start + num].contiguous(),
-            0.0 if clamp is None else float(clamp),
+            clamp_t,
             NUM=num,
             HAS_CLAMP=clamp is not None,
             ACC_DTYPE=acc,
