@@ -316,21 +316,35 @@ def test_public_ops_gradcheck_gradgradcheck(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_tf32_opt_in(device):
-    """MUMO_FAST_TF32 / _common.TF32 switches tl.dot to tf32: close to, not exactly, fp32."""
+def test_tf32_opt_in(device, monkeypatch):
+    """MUMO_FAST_TF32 / _common.TF32 switches float32 tl.dot to TF32 and leaves float64
+    alone. Every launch gets the precision the switch sets; on CUDA the products change,
+    to within the TF32 rounding bound of the exact ones (inputs rounded to 10 mantissa
+    bits), while off they stay exact float32. (The interpreter computes IEEE float32
+    whatever the precision, so on CPU only the launches can tell on from off.)"""
     from mumo_fast.kernels import _common
 
+    seen = []
+    real = _common.input_precision
+    monkeypatch.setattr(_common, "input_precision", lambda: seen.append(real()) or seen[-1])
     x, w = rnd(2, 20, 64, device=device), rnd(2, 48, 64, device=device)
-    want = eager.linear_fwd(x, w, None, None, None, "none")
-    old = _common.TF32
-    try:
-        _common.TF32 = True
-        got = tb.linear_fwd(x, w, None, None, None, "none")
-    finally:
-        _common.TF32 = old
-    close(got, want, F32) if not _CUDA else [
-        torch.testing.assert_close(g, ww, rtol=2e-2, atol=2e-2) for g, ww in zip(got, want)
-    ]
+    exact = torch.bmm(x.double(), w.double().transpose(1, 2))
+    runs = {}
+    for on in (False, True):
+        monkeypatch.setattr(_common, "TF32", on)
+        seen.clear()
+        runs[on] = tb.linear_fwd(x, w, None, None, None, "none")[1].double()
+        assert seen and set(seen) == {"tf32" if on else "ieee"}, seen
+        # float64 never goes through tl.dot: bit-identical on and off
+        runs[on, F64] = tb.linear_fwd(x.double(), w.double(), None, None, None, "none")[1]
+    torch.testing.assert_close(runs[False], exact, rtol=1e-5, atol=1e-5)
+    assert torch.equal(runs[False, F64], runs[True, F64])
+    torch.testing.assert_close(runs[True, F64], exact, rtol=1e-12, atol=1e-12)
+    if device == "cuda":
+        bound = 2.1 * 2**-10 * torch.bmm(x.double().abs(), w.double().abs().transpose(1, 2))
+        err_on = (runs[True] - exact).abs()
+        assert bool((err_on <= bound + 1e-5).all())
+        assert float(err_on.max()) > 10 * float((runs[False] - exact).abs().max())
 
 
 def _maml(backend, params, data, steps=3, lr=0.1):
