@@ -27,6 +27,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir", metavar="DIR",
+        help="data folder of domains that read one (Omniglot; default: the run's own)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mumo-fast", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -64,11 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on a fixed test set of this many tasks per mode instead of the run's "
         "own (regression; the tasks are seeded, so every run sees the same ones)",
     )  # fmt: skip
+    _add_data_dir(ev)
     _add_common(ev)
 
     pl = commands.add_parser("plot", help="draw each run's figures, and comparisons")
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR")
     pl.add_argument("--out", default="figures", help="folder for comparison figures (several runs)")
+    _add_data_dir(pl)
     _add_common(pl)
     return parser
 

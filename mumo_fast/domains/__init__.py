@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-DOMAINS = ("regression",)
+DOMAINS = ("regression", "omniglot")
 
 
 def get_domain(name: str) -> ModuleType:

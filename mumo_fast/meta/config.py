@@ -46,6 +46,7 @@ COMMON: dict[str, Any] = {
     "base_init": "torch",
     "chunk_size": None,
     "backend": None,  # ops backend of the base network's layers; None: the global default
+    "input_range": None,  # [low, high]: inputs outside it are refused (None: any value)
 }
 
 
@@ -157,6 +158,18 @@ def resolve_config(cfg: dict) -> dict:
         raise ValueError(
             f"config['inner_grad_clamp'] must be None or a positive number, got {clamp!r}"
         )
+    rng = out["input_range"]
+    if rng is not None:
+        if (
+            not isinstance(rng, (list, tuple))
+            or len(rng) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
+            or not float(rng[0]) < float(rng[1])
+        ):
+            raise ValueError(
+                f"config['input_range'] must be None or [low, high] with low < high, got {rng!r}"
+            )
+        out["input_range"] = [float(rng[0]), float(rng[1])]
     for key in ("learn_inner_lr", "first_order"):
         if not isinstance(out[key], bool):
             raise ValueError(f"config[{key!r}] must be a bool, got {out[key]!r}")

@@ -211,6 +211,14 @@ class MetaLearner(nn.Module):
                 f"{xname} must have dtype {dtype} (the dtype of this model's parameters), "
                 f"got {x.dtype}"
             )
+        if cfg["input_range"] is not None and x.numel():
+            lo, hi = cfg["input_range"]
+            x_lo, x_hi = (float(v) for v in torch.aminmax(x.detach()))
+            if not (lo <= x_lo and x_hi <= hi):
+                raise ValueError(
+                    f"{xname} must hold values in [{lo:g}, {hi:g}] (this model's input range), "
+                    f"got values in [{x_lo:g}, {x_hi:g}]"
+                )
         if y is None:
             return
         if not isinstance(y, Tensor):
@@ -226,6 +234,14 @@ class MetaLearner(nn.Module):
                     f"{yname} must be class labels of shape [{t}, {n}] and dtype long, "
                     f"got {y.dtype} {tuple(y.shape)}"
                 )
+            classes = cfg["out_features"] if cfg["base"] == "mlp" else cfg["num_classes"]
+            if y.numel():
+                y_lo, y_hi = (int(v) for v in torch.aminmax(y))
+                if y_lo < 0 or y_hi >= classes:
+                    raise ValueError(
+                        f"{yname} must hold class labels in [0, {classes}), "
+                        f"got values in [{y_lo}, {y_hi}]"
+                    )
 
     def _check_batch(self, batch: TaskBatch) -> None:
         if not isinstance(batch, TaskBatch):

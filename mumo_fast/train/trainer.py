@@ -72,6 +72,16 @@ class TrainSettings:
 MAX_NONFINITE_STREAK = 50
 
 
+def _resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored learner config with the defaults of keys added since it was written."""
+    from ..meta.config import resolve_config
+
+    try:
+        return resolve_config(config)
+    except (TypeError, ValueError):
+        return config
+
+
 @dataclass
 class TrainResult:
     iteration: int
@@ -170,7 +180,7 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: {path} does not exist")
         obj = load_file(path)
-        if obj["config"] != self.learner.config:
+        if _resolved(obj["config"]) != self.learner.config:
             raise ValueError(
                 f"cannot resume: {path} was written with config {obj['config']}, "
                 f"this run has {self.learner.config}"

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..plots import COLORS, plot_tsne
 from .tasks import X_RANGE, RegressionTasks, true_function
 
-COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
+__all__ = ["plot_functions", "plot_steps", "plot_tsne"]
 
 
 def _grid(n_tasks: int, points: int = 200) -> torch.Tensor:
@@ -81,32 +82,4 @@ def plot_steps(curves: Sequence[tuple[str, dict]], path: str | os.PathLike) -> N
     ax.set_xlabel("gradient steps (0 = after modulation)")
     ax.set_ylabel("test MSE")
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
-
-
-def plot_tsne(
-    embeddings: torch.Tensor,
-    modes: torch.Tensor,
-    mode_names: Sequence[str],
-    path: str | os.PathLike,
-    seed: int = 0,
-) -> None:
-    """2-D t-SNE of task embeddings [n, E], coloured by mode."""
-    from sklearn.manifold import TSNE
-
-    emb = embeddings.detach().cpu().double().numpy()
-    perplexity = min(30.0, (len(emb) - 1) / 3)
-    xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
-        emb
-    )
-    fig = Figure(figsize=(5.5, 5), layout="constrained")
-    ax = fig.subplots()
-    modes = modes.cpu().numpy()
-    for m, name in enumerate(mode_names):
-        sel = modes == m
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=8, color=COLORS[m % 7], label=name)
-    ax.set_title("t-SNE of task embeddings")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(markerscale=2)
     fig.savefig(path, dpi=110)

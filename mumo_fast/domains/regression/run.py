@@ -10,17 +10,19 @@ from typing import Any
 
 import torch
 
-from ...train import (
-    CHECKPOINT_NAME,
-    CLIP_GROUPS,
-    Trainer,
-    TrainSettings,
-    load_file,
-    load_learner,
-    resolve_model_path,
-    seed_everything,
-)
+from ...train import CLIP_GROUPS, load_learner
 from .. import UsageError
+from ..runs import (
+    METRICS_FILE,
+    apply_run_overrides,
+    check_train_args,
+    check_unchanged,
+    device_from,
+    model_record,
+    read_run,
+    train_run,
+    write_metrics,
+)
 from . import figures
 from .data import make_sampler, to_task_batch
 from .metrics import evaluate_learner
@@ -37,8 +39,6 @@ from .presets import (
 )
 from .tasks import TASK_FAMILIES, RegressionTasks, fixed_test_set, sample_tasks
 
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.json"
 VALIDATION_SEED = 777
 VALIDATION_TASKS_PER_MODE = 100
 
@@ -90,61 +90,30 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise UsageError(f"{run_dir} is not a run folder (no {RUN_FILE})")
-    return json.loads(path.read_text())
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"--device: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     explicit = {
         "method": args.method, "modulation": args.modulation, "num_modes": args.modes,
         "preset": args.preset, "seed": args.seed,
     }  # fmt: skip
-    if args.resume:
-        run = read_run(out)
-        for key, value in explicit.items():
-            if value is not None and value != run[key]:
-                raise UsageError(
-                    f"--resume: this run was started with {key}={run[key]!r}, not {value!r}"
-                )
-        run["data"]["task_family"] = task_family(run)  # runs made before the option
-        for key in ("tasks_per_mode", "test_tasks_per_mode", "task_family"):
-            value = getattr(args, key)
-            if value is not None and value != run["data"][key]:
-                raise UsageError(
-                    f"--resume: this run was started with {key}={run['data'][key]}, not {value}"
-                )
-        architecture = {
-            "encoder": args.encoder, "encoder_layers": args.encoder_layers,
-            "modulation_head": args.modulation_head, "base_init": args.base_init,
-            "clip_groups": args.grad_clip_groups,
-        }  # fmt: skip
-        recorded = _recorded_choices(run)
-        for key, value in architecture.items():
-            if value is not None and value != recorded[key]:
-                raise UsageError(
-                    f"--resume: this run was started with {key}={recorded[key]!r}, not {value!r}"
-                )
-        if args.iterations is not None:
-            run["train"]["iterations"] = args.iterations
-    else:
+    if not args.resume:
         run = _new_run_config(args)
-    if args.checkpoint_every is not None:
-        if args.checkpoint_every < 1:
-            raise UsageError("--checkpoint-every must be positive")
-        run["train"]["checkpoint_every"] = args.checkpoint_every
+    else:
+        run = read_run(out)
+        run["data"]["task_family"] = task_family(run)  # runs made before the option
+        check_unchanged(run, explicit)
+        check_unchanged(
+            run["data"],
+            {k: getattr(args, k) for k in ("tasks_per_mode", "test_tasks_per_mode", "task_family")},
+        )
+        check_unchanged(
+            _recorded_choices(run),
+            {
+                "encoder": args.encoder, "encoder_layers": args.encoder_layers,
+                "modulation_head": args.modulation_head, "base_init": args.base_init,
+                "clip_groups": args.grad_clip_groups,
+            },
+        )  # fmt: skip
+    apply_run_overrides(run, args)
     return run
 
 
@@ -202,71 +171,21 @@ def _validation(run: dict[str, Any], device: torch.device):
 
 # -- train -------------------------------------------------------------------------------
 def train(args: argparse.Namespace) -> int:
-    from ...meta import MetaLearner
-
-    out = Path(args.out)
-    if args.resume and args.init_from:
-        raise UsageError("--resume and --init-from exclude each other")
-    if not args.resume and (out / CHECKPOINT_NAME).exists():
-        raise UsageError(
-            f"{out} already holds a run: pass --resume to continue it, or another --out"
-        )
-    if args.resume and not (out / CHECKPOINT_NAME).exists():
-        raise UsageError(f"--resume: {out} holds no {CHECKPOINT_NAME} to resume from")
-    if args.init_from and not Path(args.init_from).exists():
-        raise UsageError(f"--init-from: no such file or folder: {args.init_from}")
-    if args.iterations is not None and args.iterations < 1:
-        raise UsageError("--iterations must be positive")
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise UsageError("--time-limit must be positive")
-    device = _device(args.device)
-    run = _run_config(args, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
-
-    seed_everything(run["seed"])
-    learner = MetaLearner.from_config(run["learner"])
-    if args.compile:
-        learner.use_compiled_inner_loop()
+    check_train_args(args)
+    device = device_from(args.device)
+    run = _run_config(args, Path(args.out))
     data = run["data"]
-    trainer = Trainer(
-        learner,
-        make_sampler(
-            run["num_modes"],
-            data["tasks_per_mode"],
-            data["k_support"],
-            data["l_query"],
-            task_family(run),
-        ),  # fmt: skip
-        out,
-        TrainSettings(**run["train"], time_limit=args.time_limit),
-        device=device,
-        validate=_validation(run, device),
-        extra={"domain": "regression", "run": run},
-        progress=not args.quiet,
-        tensorboard=not args.no_tensorboard,
-    )
-    if args.resume:
-        trainer.resume()
-    elif args.init_from:
-        trainer.init_from(resolve_model_path(args.init_from))
-    result = trainer.fit()
-    if result.diverged:
-        print(
-            f"diverged at iteration {result.iteration}: the last checkpoint's weights are finite "
-            "and can start a new run (--init-from RUN_DIR/checkpoint.ckpt, or another --seed)"
-        )
-        return 1
-    if not result.completed:
-        print(f"stopped at iteration {result.iteration}; continue with --resume")
-        return 130
-    if result.time_limited:
-        print(f"time limit reached at iteration {result.iteration}; --resume continues")
-    if not args.skip_eval:
-        metrics = evaluate_run(out, device=device, learner=trainer.learner)
-        print_table([(out, run, metrics)])
-        plot_run(out, device=device, learner=trainer.learner, metrics=metrics)
-    return 0
+    sampler = make_sampler(
+        run["num_modes"], data["tasks_per_mode"], data["k_support"], data["l_query"],
+        task_family(run),
+    )  # fmt: skip
+
+    def finish(learner) -> None:
+        metrics = evaluate_run(args.out, device=device, learner=learner)
+        print_table([(Path(args.out), run, metrics)])
+        plot_run(args.out, device=device, learner=learner, metrics=metrics)
+
+    return train_run(args, run, sampler, device, validate=_validation(run, device), finish=finish)
 
 
 # -- eval --------------------------------------------------------------------------------
@@ -308,12 +227,9 @@ def evaluate_run(
         run["eval"]["max_steps"],
     )
     metrics["run"] = {k: run[k] for k in ("method", "modulation", "num_modes", "preset", "seed")}
-    model_file = resolve_model_path(run_dir)
-    metrics["run"]["iterations"] = run["train"]["iterations"]
-    metrics["run"]["trained_iterations"] = load_file(model_file).get("iteration")
-    metrics["run"]["model_file"] = model_file.name
+    metrics["run"].update(model_record(run_dir, run))
     metrics["test_tasks_per_mode"] = len(tasks) // run["num_modes"]
-    (Path(run_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    write_metrics(run_dir, metrics)
     return metrics
 
 
@@ -338,7 +254,7 @@ def print_table(rows: Sequence[tuple[Path, dict, dict]]) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = device_from(args.device)
     rows = []
     for run_dir in args.runs:
         run = read_run(run_dir)
@@ -395,7 +311,7 @@ def plot_run(run_dir: str | Path, device="cpu", learner=None, metrics=None) -> l
 
 
 def plot(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = device_from(args.device)
     runs = [(Path(r), read_run(r)) for r in args.runs]
     learners = {}
     for path, _ in runs:
