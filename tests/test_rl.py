@@ -234,10 +234,12 @@ def test_conjugate_gradient_solves_a_small_spd_system():
     ref = np.linalg.solve(a.numpy(), b.numpy())
     np.testing.assert_allclose(x.numpy(), ref, rtol=1e-8, atol=1e-10)
     assert len(calls) == n
-    # fewer iterations: not yet the solution, but the residual shrinks
+    # fewer iterations: not yet the solution, but closer in the A-norm (which CG decreases
+    # monotonically; the residual's 2-norm need not)
     x3 = rl.conjugate_gradient(hvp, b, iterations=3)
-    r3 = float((b - a @ x3).norm())
-    assert 1e-6 < r3 < float(b.norm())
+    err = torch.from_numpy(ref)
+    a_norm = lambda e: float(e @ a @ e)  # noqa: E731
+    assert 1e-12 < a_norm(x3 - err) < a_norm(err)
     # stops early once the residual is below the tolerance
     calls.clear()
     rl.conjugate_gradient(hvp, a @ b, iterations=50, residual_tol=1e-16)
@@ -310,7 +312,8 @@ def _policy_problem(g):
     """A linear Gaussian policy on random observations with fixed advantages: the
     importance-sampling loss and the KL from the sampling policy, as closures over the
     parameters and as functions of a flat parameter vector."""
-    obs = torch.randn(4, 50, 3, generator=g, dtype=torch.float64)
+    scales = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)  # an anisotropic Fisher matrix
+    obs = torch.randn(4, 50, 3, generator=g, dtype=torch.float64) * scales
     w = (0.3 * torch.randn(3, 2, generator=g, dtype=torch.float64)).requires_grad_()
     log_std = torch.full((2,), -0.5, dtype=torch.float64, requires_grad=True)
     with torch.no_grad():
@@ -354,7 +357,12 @@ def test_trpo_step_keeps_the_kl_bound_improves_and_follows_the_natural_gradient(
     assert float(kl_fn().detach()) <= max_kl and float(loss_fn().detach()) < float(loss0.detach())
     assert float(kl_fn().detach()) == pytest.approx(res.line_search.kl, rel=1e-12)
     assert float(loss_fn().detach()) == pytest.approx(res.line_search.loss, rel=1e-12)
-    torch.testing.assert_close((old - new) / res.line_search.fraction, step, rtol=1e-6, atol=1e-9)
+    # conjugate gradient stops at a squared residual of 1e-10: agreement to ~1e-4 relative
+    taken = (old - new) / res.line_search.fraction
+    assert float((taken - step).norm()) < 1e-3 * float(step.norm())
+    # and it is the natural gradient, not the plain one
+    cos = float(taken @ grad) / float(taken.norm() * grad.norm())
+    assert cos < 0.99
 
 
 def test_trpo_step_restores_the_parameters_when_the_line_search_fails():
