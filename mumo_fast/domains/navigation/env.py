@@ -131,8 +131,8 @@ class BimodalNavigationEnv(gym.Env):
         return None if self._goal is None else self._goal.copy()
 
     def set_goal(self, goal: Any) -> None:
-        """Fix the goal (the task) for this and every later episode; None: sample per reset.
-        Takes effect at once for the position-independent parts (the next step's reward)."""
+        """Fix the goal (the task) for this and every later episode; None: sample one per
+        reset.  A goal takes effect at once: the next step's reward and termination use it."""
         self._fixed_goal = None if goal is None else _as_goal(goal)
         if self._fixed_goal is not None:
             self._goal = self._fixed_goal
