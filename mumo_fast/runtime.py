@@ -6,8 +6,8 @@ A meta-step allocates and frees hundreds of per-task weight-sized tensors ([T, O
 tops back to the OS above its trim threshold, so each of those tensors can start with
 hundreds of page faults and a kernel-side zeroing of its pages. Keeping freed memory in
 the heap removes that. Measured on a 2-core CPU at T=75, second order (BENCHMARKS.md, "The
-CPU allocator"): 4-6% more tasks/s for the library's low-rank meta-step, 26% for dense
-per-task weights, 20% for ``torch.func.vmap``. The cost is memory the process keeps after
+CPU allocator"): 4-5% more tasks/s for the library's low-rank meta-step, 28% for dense
+per-task weights, 23% for ``torch.func.vmap``. The cost is memory the process keeps after
 freeing it (bounded by its own peak).
 """
 
