@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on a fixed test set of this many tasks per mode instead of the run's "
         "own (regression; the tasks are seeded, so every run sees the same ones)",
     )  # fmt: skip
+    ev.add_argument(
+        "--test-episodes", type=int, metavar="N",
+        help="Omniglot: evaluate on the first N of the 600 fixed test episodes (a quick look)",
+    )  # fmt: skip
     _add_data_dir(ev)
     _add_common(ev)
 

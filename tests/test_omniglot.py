@@ -182,9 +182,10 @@ def test_episodes_are_balanced_rotated_and_split_by_character(full):
     test_chars = set(EpisodeSampler(test, 5, 1).class_character.tolist())
     assert test_chars.isdisjoint(sampler.class_character.tolist())
     # the fixed test episodes are the same whatever was drawn before
-    a = EpisodeSampler(test, 5, 1).fixed(600)
+    a = EpisodeSampler(test, 5, 1).fixed()
+    assert len(a) == 600
     torch.rand(10)
-    b = EpisodeSampler(test, 5, 1).fixed(600)
+    b = EpisodeSampler(test, 5, 1).fixed()
     assert torch.equal(a.classes, b.classes) and torch.equal(a.drawers, b.drawers)
     episodes, owners = EpisodeSampler(test, 20, 1).alphabet_episodes(2)
     alpha = EpisodeSampler(test, 20, 1).class_alphabet
@@ -278,26 +279,26 @@ def test_train_eval_resume_end_to_end(tmp_path, capsys):
     assert (
         main([*args, "--iterations", "4", "--checkpoint-every", "2", "--skip-eval", *common]) == 0
     )
-    assert main([*args, "--iterations", "6", "--resume", *common]) == 0
+    assert main([*args, "--iterations", "6", "--resume", "--skip-eval", *common]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log if "loss" in r] == [4, 6]
+    capsys.readouterr()
+    # (the data folder is the run's own; 40 of the 600 fixed episodes keep the test short)
+    assert main(["eval", str(out), "--threads", "1", "--test-episodes", "40"]) == 0
+    assert "5-way 1-shot" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["run"]["trained_iterations"] == 6 and metrics["test_episodes"] == 600
-    assert len(metrics["per_step"]["mean"]) == 4  # after 0..3 inner steps
+    assert metrics["run"]["trained_iterations"] == 6 and metrics["test_episodes"] == 40
+    assert metrics["num_tasks"] == 40 and len(metrics["per_step"]["mean"]) == 4  # 0..3 steps
     assert all(0 <= m <= 100 for m in metrics["per_step"]["mean"])
+    assert metrics["run"]["training_seconds"] > 0
+    assert main(["plot", str(out), "--threads", "1"]) == 0
     assert {p.name for p in (out / "figures").iterdir()} == {
         "accuracy_vs_steps.png",
         "episode.png",
         "tsne.png",
     }
-    assert [
-        r["iteration"]
-        for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
-        if "loss" in r
-    ] == [4, 6]
-    capsys.readouterr()
-    assert main(["eval", str(out), "--threads", "1"]) == 0
-    assert "5-way 1-shot" in capsys.readouterr().out
-    again = json.loads((out / "metrics.json").read_text())
-    assert again["per_step"]["mean"] == metrics["per_step"]["mean"]
+    assert main(["eval", str(out), "--test-episodes", "601"]) == 2
+    assert "--test-episodes must lie in [1, 600]" in capsys.readouterr().err
     assert main([*args, "--resume", "--ways", "20", *common]) == 2
     assert "started with ways=5, not 20" in capsys.readouterr().err
 

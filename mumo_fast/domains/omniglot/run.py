@@ -179,18 +179,23 @@ def evaluate_run(
     *,
     sampler: EpisodeSampler | None = None,
     data_dir: str | None = None,
+    episodes: int | None = None,
 ) -> dict:
-    """Accuracy on the setting's 600 fixed test episodes (written to metrics.json)."""
+    """Accuracy on the setting's 600 fixed test episodes, or the first ``episodes`` of
+    them (written to metrics.json)."""
+    if episodes is not None and not 1 <= episodes <= TEST_EPISODES:
+        raise UsageError(f"--test-episodes must lie in [1, {TEST_EPISODES}], got {episodes}")
     run = read_run(run_dir)
     sampler = sampler if sampler is not None else _sampler(run, "test", device, data_dir)
     learner = learner if learner is not None else load_learner(run_dir, device)
-    metrics = evaluate_learner(learner, sampler, sampler.fixed(), run["eval"]["adapt_steps"])
+    fixed = sampler.fixed().select(slice(0, episodes or TEST_EPISODES))
+    metrics = evaluate_learner(learner, sampler, fixed, run["eval"]["adapt_steps"])
     metrics["run"] = {
         k: run[k] for k in ("method", "modulation", "ways", "shots", "preset", "seed")
     }
     metrics["run"].update(model_record(run_dir, run))
     metrics["run"]["training_seconds"] = training_seconds(run_dir)
-    metrics["test_episodes"] = TEST_EPISODES
+    metrics["test_episodes"] = len(fixed)
     write_metrics(run_dir, metrics)
     return metrics
 
@@ -220,7 +225,7 @@ def evaluate(args: argparse.Namespace) -> int:
     device = device_from(args.device)
     rows = []
     for run_dir in args.runs:
-        metrics = evaluate_run(run_dir, device, data_dir=args.data_dir)
+        metrics = evaluate_run(run_dir, device, data_dir=args.data_dir, episodes=args.test_episodes)
         rows.append((Path(run_dir), read_run(run_dir), metrics))
     print_table(rows)
     return 0
