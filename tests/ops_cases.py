@@ -39,7 +39,7 @@ def required_backends() -> set[str]:
 
 def missing_reason(backend: str) -> str | None:
     """Why ``backend`` is unavailable here, or None when it works."""
-    if backend == "reference" or backends.load(backend) is not None:
+    if backend in ("auto", "reference") or backends.load(backend) is not None:
         return None
     if backend == "cpp":
         from mumo_fast.ops.backends import cpp

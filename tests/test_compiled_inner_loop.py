@@ -8,6 +8,8 @@ import pytest
 import torch
 from test_meta_inner import check_against_loop, make, mlp_cfg, regression_batch
 
+from mumo_fast.meta import inner_loop
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -27,12 +29,22 @@ def _fresh_dynamo():
             mlp_cfg(method="multi-maml", num_modes=2, first_order=True),
             torch.tensor([0, 1, 1, 0, 1]),
         ),
-        # a clamp that binds: data-dependent branches, so the compiled graph breaks there
+        # a clamp that binds: data-dependent branches, so the compiled graph breaks there;
+        # the correction kept low-rank (see the rank fraction below)
         (mlp_cfg(fast_weights="lowrank", inner_grad_clamp=0.5, inner_lr=0.1), None),
     ],
     ids=["mumomaml-second-order", "multimaml-first-order", "lowrank-clamp"],
 )
-def test_compiled_matches_loop(cfg, modes):
+def test_compiled_matches_loop(cfg, modes, monkeypatch):
+    kinds = []
+    if cfg["inner_grad_clamp"] is not None:
+        # at the default CLAMP_RANK_FRACTION these small layers go dense as soon as the
+        # clamp binds: keep the correction low-rank, and check that it was used
+        monkeypatch.setattr(inner_loop, "CLAMP_RANK_FRACTION", 1e3)
+        original = inner_loop._clamp_correction
+        monkeypatch.setattr(
+            inner_loop, "_clamp_correction", lambda *a: kinds.append(original(*a)) or kinds[-1]
+        )
     learner = make(cfg)
     learner.use_compiled_inner_loop()
     batch = regression_batch(modes=modes)
@@ -40,6 +52,8 @@ def test_compiled_matches_loop(cfg, modes):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
     # a second meta-batch of the same shape reuses the compiled graph and stays exact
     check_against_loop(learner, regression_batch(modes=modes, seed=3))
+    if cfg["inner_grad_clamp"] is not None:
+        assert any(k is not None and k is not False for k in kinds), kinds
 
 
 def test_compiled_can_be_switched_off():

@@ -1,31 +1,43 @@
-"""The batched inner loop against a per-task Python loop (float64, every parameter)."""
+"""The batched inner loop against a per-task Python loop (float64, every parameter), with
+the base network's layers on every backend (``config['backend']``): the fused kernels'
+Functions inside MAML's second-order meta-gradient."""
 
 import pytest
 import torch
 from meta_reference import meta_loss
 
 from mumo_fast.meta import MetaLearner, TaskBatch, inner_loop
+from ops_cases import ALL_BACKENDS
 
 F64 = {"atol": 1e-10, "rtol": 1e-9}
+# "auto" as well: on the CPU it picks the reference for the linear layers, cpp for conv and
+# batch norm; a missing backend is skipped with its reason (failed in CI): see conftest
+CORE_BACKENDS = ["auto", *ALL_BACKENDS]
+
+
+def _on_default_device(*ts):
+    """Drawn on the CPU (a seeded CPU generator), used on the default device (CUDA for
+    the compiled triton backend, see conftest)."""
+    device = torch.get_default_device()
+    return [t.to(device) for t in ts]
 
 
 def regression_batch(t=5, k=4, q=6, modes=None, seed=0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    return TaskBatch(r(t, k, 1) * 3, r(t, k, 1) * 2, r(t, q, 1) * 3, r(t, q, 1) * 2, modes)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, device="cpu")  # noqa: E731
+    sx, sy, qx, qy = _on_default_device(
+        r(t, k, 1) * 3, r(t, k, 1) * 2, r(t, q, 1) * 3, r(t, q, 1) * 2
+    )
+    return TaskBatch(sx, sy, qx, qy, modes)
 
 
 def image_batch(t=3, ways=3, shots=1, q=2, size=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     k, n = ways * shots, ways * q
-    sy = torch.arange(ways).repeat(shots).expand(t, k).contiguous()
-    qy = torch.arange(ways).repeat(q).expand(t, n).contiguous()
-    return TaskBatch(
-        torch.randn(t, k, 1, size, size, generator=g, dtype=torch.float64),
-        sy,
-        torch.randn(t, n, 1, size, size, generator=g, dtype=torch.float64),
-        qy,
-    )
+    sy = torch.arange(ways, device="cpu").repeat(shots).expand(t, k).contiguous()
+    qy = torch.arange(ways, device="cpu").repeat(q).expand(t, n).contiguous()
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, device="cpu")  # noqa: E731
+    return TaskBatch(*_on_default_device(r(t, k, 1, size, size), sy, r(t, n, 1, size, size), qy))
 
 
 def mlp_cfg(**kw):
@@ -79,24 +91,34 @@ def check_against_loop(learner, batch, tol=F64):
     assert len(nonzero) == len(ours), set(ours) - set(nonzero)
 
 
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
 @pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
 @pytest.mark.parametrize("modulation", ["film", "sigmoid", "softmax"])
-def test_mumomaml_matches_loop(modulation, fast_weights):
-    learner = make(mlp_cfg(modulation=modulation, fast_weights=fast_weights))
+def test_mumomaml_matches_loop(modulation, fast_weights, backend):
+    learner = make(mlp_cfg(modulation=modulation, fast_weights=fast_weights, backend=backend))
     check_against_loop(learner, regression_batch())
 
 
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
 @pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
-def test_first_order_and_learned_lr_match_loop(fast_weights):
-    learner = make(
-        mlp_cfg(first_order=True, learn_inner_lr=True, fast_weights=fast_weights, inner_steps=3)
+def test_first_order_and_learned_lr_match_loop(fast_weights, backend):
+    cfg = mlp_cfg(
+        first_order=True,
+        learn_inner_lr=True,
+        fast_weights=fast_weights,
+        inner_steps=3,
+        backend=backend,
     )
-    check_against_loop(learner, regression_batch(t=4, k=3))
+    check_against_loop(make(cfg), regression_batch(t=4, k=3))
 
 
-def test_maml_lstm_linear_heads_match_loop():
-    check_against_loop(make(mlp_cfg(method="maml", fast_weights="lowrank")), regression_batch(t=3))
-    learner = make(mlp_cfg(encoder="lstm", encoder_layers=2, modulation_hidden=None))
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
+def test_maml_lstm_linear_heads_match_loop(backend):
+    learner = make(mlp_cfg(method="maml", fast_weights="lowrank", backend=backend))
+    check_against_loop(learner, regression_batch(t=3))
+    learner = make(
+        mlp_cfg(encoder="lstm", encoder_layers=2, modulation_hidden=None, backend=backend)
+    )
     check_against_loop(learner, regression_batch(t=3))
 
 
@@ -111,6 +133,7 @@ def test_dense_and_lowrank_meta_gradients_identical():
         assert_grads_equal(results[fw][1], results["dense"][1])
 
 
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
 @pytest.mark.parametrize(
     "fast_weights,rank_fraction,extra",
     [
@@ -121,7 +144,7 @@ def test_dense_and_lowrank_meta_gradients_identical():
         ("lowrank", 1e3, {"first_order": True}),
     ],
 )
-def test_clamp_matches_loop(fast_weights, rank_fraction, extra, monkeypatch):
+def test_clamp_matches_loop(fast_weights, rank_fraction, extra, backend, monkeypatch):
     # inner lr large enough for the clamp to matter; 0.5 binds for some layers, not all.
     # rank_fraction 1: most binding low-rank layers need too much rank for the correction
     # and switch to dense mid-loop; 1e3: they all keep the low-rank correction.
@@ -135,17 +158,80 @@ def test_clamp_matches_loop(fast_weights, rank_fraction, extra, monkeypatch):
 
     monkeypatch.setattr(inner_loop, "_clamp_correction", spy)
     monkeypatch.setattr(inner_loop, "CLAMP_RANK_FRACTION", rank_fraction)
-    cfg = mlp_cfg(inner_grad_clamp=0.5, fast_weights=fast_weights, inner_lr=0.1, **extra)
+    cfg = mlp_cfg(
+        inner_grad_clamp=0.5, fast_weights=fast_weights, inner_lr=0.1, backend=backend, **extra
+    )
     learner = make(cfg)
     batch = regression_batch()
     check_against_loop(learner, batch)
     if fast_weights == "lowrank":
         expected = {"none", "dense"} if rank_fraction == 1.0 else {"none", "lowrank"}
         assert expected <= set(seen), seen
-    unclamped = make(mlp_cfg(fast_weights=fast_weights, inner_lr=0.1, **extra))
+    unclamped = make(mlp_cfg(fast_weights=fast_weights, inner_lr=0.1, backend=backend, **extra))
     a = learner.meta_train_step(batch)["loss"]
     b = unclamped.meta_train_step(batch)["loss"]
     assert abs(a - b) > 1e-6  # the clamp did bind
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_lowrank_clamp_matches_loop_over_seeds(seed, monkeypatch):
+    """The low-rank correction (kept low-rank: rank fraction 1e3) on several batches and
+    initialisations: with a clamp that binds in some tasks and layers, not all, any task the
+    cheap bound wrongly settles as "cannot bind" shows as a loss off the loop's."""
+    kinds = []
+    original = inner_loop._clamp_correction
+    monkeypatch.setattr(
+        inner_loop,
+        "_clamp_correction",
+        lambda *a: kinds.append(original(*a)) or kinds[-1],
+    )
+    monkeypatch.setattr(inner_loop, "CLAMP_RANK_FRACTION", 1e3)
+    cfg = mlp_cfg(inner_grad_clamp=0.3, fast_weights="lowrank", inner_lr=0.1, inner_steps=3)
+    check_against_loop(make(cfg, seed=seed), regression_batch(t=6, seed=seed))
+    assert any(k is not None and k is not False for k in kinds)  # the correction was used
+
+
+def _edge_batches(seed):
+    """(d, a) pairs on which the cheap bound of |D^T A| is tight (or nearly): K = 1, where
+    max_o sum_k |D| * max |A| is the largest entry; and a column of D parallel to the
+    largest column of A, where the Cauchy-Schwarz bound is reached; plus random ones."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    out = [(r(4, 1, 7), r(4, 1, 5)), (r(3, 6, 9), r(3, 6, 4))]
+    a = r(4, 5, 6)
+    d = 0.1 * r(4, 5, 3)
+    norms = a.square().sum(1)  # [T, IN]
+    i = norms.argmax(1)
+    d[:, :, 1] = 2.5 * a[torch.arange(4), :, i]  # D[:, 1] parallel to A's largest column
+    out.append((d, a))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_clamp_bound_never_misses_a_binding_clamp(seed):
+    """_clamp_may_bind is an upper bound: for a clamp just below the largest |D^T A| of a
+    task (where the clamp binds), it must say "may bind", on batches built to sit at the
+    bound's edge; for a clamp above its bound it says "cannot"."""
+    for d, a in _edge_batches(seed):
+        g_max = torch.bmm(d.transpose(1, 2), a).abs().amax(dim=(1, 2))  # [T]
+        for t in range(d.shape[0]):
+            for frac in (1 - 1e-9, 0.9, 0.6, 0.45):
+                clamp = float(g_max[t]) * frac
+                may = inner_loop._clamp_may_bind(d, a, clamp)
+                assert bool(may[t]), (seed, t, frac, d.shape)
+        # far above every bound (the trivial one: sum_k |D| |A| <= K max|D| max|A|)
+        k = d.shape[1]
+        huge = 1.01 * k * float(d.abs().amax()) * float(a.abs().amax())
+        assert not bool(inner_loop._clamp_may_bind(d, a, huge).any())
+
+
+def test_clamp_bound_is_tight_at_k1():
+    """With one support point the bound is exact: it settles a clamp just above |D^T A|."""
+    g = torch.Generator().manual_seed(7)
+    d = torch.randn(5, 1, 6, generator=g, dtype=torch.float64)
+    a = torch.randn(5, 1, 4, generator=g, dtype=torch.float64)
+    g_max = torch.bmm(d.transpose(1, 2), a).abs().amax(dim=(1, 2))
+    assert not bool(inner_loop._clamp_may_bind(d, a, float(g_max.max()) * (1 + 1e-9)).any())
 
 
 @pytest.mark.parametrize("by", ["rows", "cols"])
@@ -220,8 +306,9 @@ def test_multi_maml_routes_by_mode():
     )
 
 
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
 @pytest.mark.parametrize("method", ["maml", "mumomaml"])
-def test_conv4_matches_loop(method):
+def test_conv4_matches_loop(method, backend):
     cfg = {
         "base": "conv4",
         "image_size": 12,
@@ -234,12 +321,14 @@ def test_conv4_matches_loop(method):
         "encoder_hidden": 4,
         "encoder_channels": 3,
         "modulation_hidden": 16,
+        "backend": backend,
     }
     check_against_loop(make(cfg), image_batch(), tol={"atol": 1e-9, "rtol": 1e-8})
 
 
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
 @pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
-def test_mlp_classifier_matches_loop(fast_weights):
+def test_mlp_classifier_matches_loop(fast_weights, backend):
     """Cross entropy on an MLP: the chain path's written-out loss gradient (output_grad)."""
     g = torch.Generator().manual_seed(4)
     t, k, q, c = 4, 6, 5, 3
@@ -255,6 +344,7 @@ def test_mlp_classifier_matches_loop(fast_weights):
         out_features=c,
         loss="cross_entropy",
         fast_weights=fast_weights,
+        backend=backend,
     )
     check_against_loop(make(cfg), batch)
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from meta_reference import meta_loss
 from test_meta_inner import image_batch, make, mlp_cfg, regression_batch
 
 from mumo_fast.meta import MetaLearner, TaskBatch
@@ -110,6 +111,31 @@ def test_evaluate_matches_training_loss_and_chunks():
     stats = learner.meta_train_step(batch)
     assert abs(res["per_step"][-1].mean().item() - stats["loss"]) < 1e-10
     assert abs(res["per_step"][0].mean().item() - stats["post_mod_loss"]) < 1e-10
+
+
+@pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
+def test_clamped_evaluate_and_predict_match_loop_and_training(fast_weights):
+    """With an inner-gradient clamp that binds: evaluate's loss after s steps is the
+    per-task loop's (which clamps), its last step is training's loss (chunked too), and
+    predict gives the predictions behind it."""
+    cfg = mlp_cfg(inner_grad_clamp=0.3, inner_lr=0.2, fast_weights=fast_weights, chunk_size=3)
+    learner = make(cfg)
+    unclamped = make({**cfg, "inner_grad_clamp": None})
+    batch = regression_batch(t=5, seed=6)
+    steps = cfg["inner_steps"] + 1
+    res = learner.evaluate(batch, steps=steps)
+    free = unclamped.evaluate(batch, steps=steps)
+    for s in range(steps + 1):
+        want = meta_loss(learner, batch, steps=s).item()
+        assert abs(res["per_step"][s].mean().item() - want) < 1e-10, s
+        if s > 0:  # the clamp binds: without it the losses differ
+            assert abs(free["per_step"][s].mean().item() - want) > 1e-4, s
+    train = learner.meta_train_step(batch)["loss"]
+    assert abs(res["per_step"][cfg["inner_steps"]].mean().item() - train) < 1e-10
+    for s in (1, steps):
+        p = learner.predict(batch.support_x, batch.support_y, batch.query_x, steps=s)
+        mse = (p - batch.query_y).square().mean(dim=(1, 2))
+        torch.testing.assert_close(mse, res["per_step"][s], atol=1e-12, rtol=1e-10)
 
 
 def test_post_mod_loss_is_optional_and_does_not_touch_gradients():
