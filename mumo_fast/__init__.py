@@ -14,6 +14,23 @@ if _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")) and not _os.p
     __path__.append(_root)  # noqa: F821  (package __path__)
 
 
+# Subpackages reachable as attributes (`mumo_fast.ops.film_linear(...)` after `import
+# mumo_fast`), imported on first access (PEP 562): `import mumo_fast` itself imports no torch.
+_SUBMODULES = ("domains", "envs", "meta", "models", "nn", "ops", "runtime", "train")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # also sets the attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES))
+
+
 def load(path, device="cpu"):
     """Load a trained MetaLearner from a run folder or its model.pt, in eval mode.
 

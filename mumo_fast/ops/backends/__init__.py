@@ -14,6 +14,12 @@ from types import ModuleType
 
 import torch
 
+from . import cpp_build
+
+# torch's "No CUDA runtime is found, using CUDA_HOME=..." is misleading for a CPU run that
+# builds C++ (this package's extension, inductor's kernels): see cpp_build
+cpp_build.quiet_cuda_home_line()
+
 # name -> module path implementing the raw-op contract
 _MODULES = {
     "eager": "mumo_fast.ops.backends.eager",
