@@ -55,8 +55,8 @@ def input_precision() -> str:
 def scalar(value: float, dtype: torch.dtype, device) -> torch.Tensor:
     """A runtime float (clamp bound, eps, ...) for a kernel, as a 1-element tensor of
     ``dtype`` that the kernel loads.  Kernels take no Python float argument: Triton types
-    one as float32 (compiled, and interpreted up to 3.8), which rounds a float64 kernel's
-    bound or eps to float32 precision."""
+    one as float32 (compiled kernels, and some uses in interpreters up to 3.8), which
+    rounds a float64 kernel's bound or eps to float32 precision."""
     return torch.full((1,), float(value), dtype=dtype, device=device)
 
 

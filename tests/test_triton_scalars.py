@@ -1,7 +1,7 @@
 """Runtime scalars of the Triton kernels (clamp bound, batch norm's eps) carry the tensors'
 dtype: no kernel takes a Python float, which Triton types as float32 (compiled, and
-interpreted up to triton 3.8), and float64 results match the float64 reference to about
-1e-15 where a float32 bound would be off by 1e-8."""
+interpreted up to triton 3.8 where the clamp bound is concerned), and float64 results
+match the float64 reference to about 1e-15 where a float32 bound would be off by 1e-8."""
 
 import importlib
 import os
@@ -121,7 +121,8 @@ def test_float64_clamp_bound_and_lr_exact(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_float64_batch_norm_eps_exact(device):
     """A variance of the size of eps, so that eps rounded to float32 would move rstd by
-    about 1e-8 relative."""
+    about 1e-8 relative (compiled kernels; interpreters 3.7-3.9 happen to keep this sum
+    exact, the no-Python-float test above covers them)."""
     x = rnd(2, 5, 3, 4, device=device, scale=1e-3)
     got = tb.bn_fwd(x, None, None, None, None, EPS, "none")
     exact(got, eager.bn_fwd(x, None, None, None, None, EPS, "none"), rtol=1e-12, atol=0)
