@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from . import _validate, backends, reference
@@ -43,6 +45,12 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     return _default_backend
+
+
+def _forward_ad_possible() -> bool:
+    """A forward-mode level (``torch.autograd.forward_ad``) or a torch.func transform is
+    active, which may carry tangents."""
+    return _fwad._current_level >= 0 or torch._C._are_functorch_transforms_active()
 
 
 def _pick(backend: str | None, x: Tensor, op: str) -> str:
@@ -174,6 +182,8 @@ def clamped_sgd(
     name = _pick(backend, params[0], "clamped_sgd")
     module = None if name == "reference" else backends.load(name)
     fused = getattr(module, "clamped_sgd", None)
+    if name == "triton" and _forward_ad_possible():
+        fused = None  # the fused kernel's Function has no jvp: the same update in torch ops
     if fused is not None:
         return fused(params, grads, lr, clamp)
     return reference.clamped_sgd(params, grads, lr, clamp)
