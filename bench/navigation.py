@@ -18,6 +18,16 @@ Timing: round-robin (batched, sync, batched, ...) so load drift hits both, one u
 warm-up each, median of --repeats; the ratio is of the medians of this run.
 
     python bench/navigation.py --threads 1   # writes bench/results/cpu_navigation_1thread.json
+
+``--mode meta``: whole meta-iterations per second instead, MuMoMAML and MAML
+(``NavigationLearner.meta_train_step``, SPEC 4.3 settings: T tasks x B trajectories x H
+steps, one inner policy-gradient step, the TRPO update with 10 conjugate-gradient
+iterations and its line search; MuMoMAML also samples and embeds the pre-modulation
+trajectories).  Each method's learner is trained on for --repeats iterations after one
+untimed warm-up (the weights change, as in training; the line search's number of tries
+varies); median seconds per iteration, round-robin between the methods.
+
+    python bench/navigation.py --mode meta --threads 1  # cpu_navigation_meta_1thread.json
 """
 
 from __future__ import annotations
@@ -95,8 +105,66 @@ def run_sync(envs, mlp, log_std, horizon: int, seed: int) -> float:
     return time.perf_counter() - start
 
 
+def run_meta(args) -> None:
+    from mumo_fast.domains.navigation.learner import NavigationBatch, NavigationLearner
+
+    t, b, h = args.tasks, args.trajectories, args.horizon
+    goal_gen = torch.Generator().manual_seed(args.seed)
+    learners = {}
+    for method in ("mumomaml", "maml"):
+        torch.manual_seed(args.seed)
+        learners[method] = NavigationLearner({"method": method, "trajectories": b, "horizon": h})
+    times: dict[str, list[float]] = {k: [] for k in learners}
+    for r in range(args.repeats + 1):
+        for method, learner in learners.items():
+            batch = NavigationBatch(sample_goals(t, goal_gen), args.seed + r)
+            start = time.perf_counter()
+            learner.meta_train_step(batch)
+            if r:  # the first round is the warm-up
+                times[method].append(time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    env_info = cpu_environment(gymnasium=gymnasium.__version__, numpy=np.__version__)
+    results = {
+        m: {"median_s": median(ts), "times_s": ts, "meta_iterations_per_s": 1 / median(ts)}
+        for m, ts in times.items()
+    }
+    out = {
+        "benchmark": "navigation meta-iterations: sampling, inner PG step, TRPO update",
+        "workload": {
+            "tasks": t, "trajectories": b, "horizon": h, "inner_steps": 1,
+            "cg_iterations": 10, "repeats": args.repeats,
+        },
+        "environment": env_info,
+        "results": results,
+    }  # fmt: skip
+    rows = ["| method | s / meta-iteration (median) | meta-iterations / s |", "|---|---:|---:|"]
+    for m, r in results.items():
+        rows.append(f"| {m} | {r['median_s']:.2f} | {r['meta_iterations_per_s']:.3f} |")
+    table = "\n".join(rows)
+    print(f"{t} tasks x {b} trajectories x {h} steps, {threads} thread(s), {env_info['cpu']}")
+    print(table)
+    path = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        "results",
+        f"cpu_navigation_meta_{threads}thread{'s' if threads > 1 else ''}.json",
+    )
+    write_json(path, out)
+    if args.markdown:
+        section = (
+            f"## Navigation meta-iterations (TRPO)\n\n{t} tasks x {b} trajectories x {h} "
+            f"steps, {threads} thread(s), {env_info['cpu']}, torch {env_info['torch']}; median "
+            f"of {args.repeats}.\n\n{table}\n\n"
+            f"(`python bench/navigation.py --mode meta --threads {threads}`).\n"
+        )
+        update_markdown(args.markdown, section)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--mode", choices=("rollout", "meta"), default="rollout",
+        help="rollout: batched env vs SyncVectorEnv (default); meta: meta-iterations per second",
+    )  # fmt: skip
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--trajectories", type=int, default=20)
     ap.add_argument("--horizon", type=int, default=100)
@@ -110,6 +178,9 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     allocator = apply_allocator(args.allocator)
+    if args.mode == "meta":
+        run_meta(args)
+        return
     t, b, h = args.tasks, args.trajectories, args.horizon
     steps = t * b * h
 

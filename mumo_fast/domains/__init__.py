@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-DOMAINS = ("regression", "omniglot")
+DOMAINS = ("regression", "omniglot", "navigation")
 
 
 def get_domain(name: str) -> ModuleType:

@@ -93,8 +93,10 @@ def train_run(
     *,
     validate: Callable | None = None,
     finish: Callable[[torch.nn.Module], None] | None = None,
+    build_learner: Callable[[dict[str, Any]], torch.nn.Module] | None = None,
 ) -> int:
-    """Write run.json, build the learner (seeded), train (resuming or starting from
+    """Write run.json, build the learner (seeded; ``build_learner(run["learner"])``, by
+    default ``MetaLearner.from_config``), train (resuming or starting from
     ``--init-from``), then ``finish(learner)`` (test evaluation and figures) unless
     ``--skip-eval``. Returns the command's exit status."""
     from ..meta import MetaLearner
@@ -103,7 +105,7 @@ def train_run(
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     seed_everything(run["seed"])
-    learner = MetaLearner.from_config(run["learner"])
+    learner = (build_learner or MetaLearner.from_config)(run["learner"])
     if args.compile:
         learner.use_compiled_inner_loop()
     trainer = Trainer(

@@ -317,11 +317,18 @@ def conjugate_gradient(
     return x
 
 
-def kl_step(direction: Tensor, hvp: Callable[[Tensor], Tensor], max_kl: float) -> Tensor:
+def kl_step(
+    direction: Tensor, hvp: Callable[[Tensor], Tensor], max_kl: float, *, with_kl: bool = False
+) -> Tensor | tuple[Tensor, float]:
     """Scale ``direction`` so that the quadratic model of the KL, ``0.5 s^T H s``, equals
-    ``max_kl``: ``s = direction * sqrt(2 max_kl / (direction^T H direction))``."""
+    ``max_kl``: ``s = direction * sqrt(2 max_kl / (direction^T H direction))``.  With
+    ``with_kl`` also that model's value at ``s`` (``max_kl`` up to rounding and the guard
+    against zero curvature), from the same Hessian-vector product."""
     shs = direction @ hvp(direction)
-    return direction * torch.sqrt(2 * max_kl / (shs.clamp_min(0) + 1e-12))
+    scale = torch.sqrt(2 * max_kl / (shs.clamp_min(0) + 1e-12))
+    if with_kl:
+        return direction * scale, 0.5 * float(scale * scale * shs)
+    return direction * scale
 
 
 @dataclass
@@ -374,8 +381,8 @@ class TRPOResult:
 
 def trpo_step(
     params: Sequence[Tensor],
-    loss_fn: Callable[[], Tensor],
-    kl_fn: Callable[[], Tensor],
+    loss_fn: Callable[[], Tensor] | Callable[[], tuple[Tensor, Tensor]],
+    kl_fn: Callable[[], Tensor] | None = None,
     *,
     max_kl: float = 0.01,
     damping: float = 1e-5,
@@ -393,19 +400,34 @@ def trpo_step(
     (double backward), scaled to the KL bound, then the backtracking line search; if no
     fraction is accepted the parameters are restored.  ``loss_fn``/``kl_fn`` run with
     gradients enabled (an inner loop inside them may need autograd).
+
+    With ``kl_fn=None``, ``loss_fn()`` returns ``(loss, kl)`` computed together (one inner
+    loop and one forward for both, as MAML-TRPO's surrogate does; the loss's gradient then
+    keeps the shared graph for the KL's Hessian-vector products).
     """
     params = list(params)
-    loss = loss_fn()
-    g = flat_concat(torch.autograd.grad(loss, params, allow_unused=True), like=params).detach()
-    hvp = hessian_vector_product(kl_fn(), params, damping=damping)
+    if kl_fn is None:
+        loss, kl = loss_fn()  # type: ignore[misc]
+
+        def losses() -> tuple[Tensor, Tensor]:
+            return loss_fn()  # type: ignore[return-value]
+    else:
+        loss, kl = loss_fn(), None
+
+        def losses() -> tuple[Tensor, Tensor]:
+            return loss_fn(), kl_fn()  # type: ignore[return-value,misc]
+
+    g = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=kl is not None)
+    g = flat_concat(g, like=params).detach()
+    hvp = hessian_vector_product(kl if kl is not None else kl_fn(), params, damping=damping)
     direction = conjugate_gradient(hvp, g, cg_iterations)
-    step = kl_step(direction, hvp, max_kl)
-    expected_kl = 0.5 * float(step @ hvp(step))
+    step, expected_kl = kl_step(direction, hvp, max_kl, with_kl=True)
     old = flat_concat([p.detach() for p in params]).clone()
 
     def evaluate(fraction: float) -> tuple[float, float]:
         assign_flat(params, old - fraction * step)
-        return float(loss_fn().detach()), float(kl_fn().detach())
+        new_loss, new_kl = losses()
+        return float(new_loss.detach()), float(new_kl.detach())
 
     result = backtracking_line_search(
         evaluate, float(loss.detach()), max_kl=max_kl, ratio=backtrack_ratio,

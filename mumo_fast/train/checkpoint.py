@@ -104,11 +104,27 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """The trained MetaLearner stored at `path` (run folder, model.pt or checkpoint), eval mode."""
-    from ..meta import MetaLearner
+def learner_class(config: dict[str, Any]) -> type:
+    """The class a stored config builds: ``MetaLearner``, or the one its
+    ``"learner_class"`` names as ``"module:Class"`` (a domain's own learner, e.g.
+    navigation's policy-gradient learner; imported by name so that train/ imports no domain)."""
+    name = config.get("learner_class")
+    if name is None:
+        from ..meta import MetaLearner
 
+        return MetaLearner
+    import importlib
+
+    module, _, cls = str(name).partition(":")
+    if not module.startswith("mumo_fast.") or not cls:
+        raise ValueError(f"config['learner_class'] must name a mumo_fast class, got {name!r}")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_learner(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The trained learner stored at `path` (run folder, model.pt or checkpoint), eval mode:
+    a MetaLearner, or the class its config's ``"learner_class"`` names."""
     obj = load_file(resolve_model_path(path))
-    learner = MetaLearner.from_config(obj["config"])
+    learner = learner_class(obj["config"]).from_config(obj["config"])
     learner.load_state_dict(obj["state_dict"])
     return learner.to(device).eval()

@@ -62,6 +62,10 @@ class TrainSettings:
     validate_every: int = 0  # 0: never during training
     seed: int = 0
     time_limit: float | None = None  # seconds of this invocation; then finish as if done
+    # True: `meta_train_step` updates the learner's parameters itself (e.g. a TRPO step);
+    # the trainer then neither clips gradients nor steps its optimizer (lr, grad_clip and
+    # clip_groups are unused), and a non-finite "loss" only counts as a skipped iteration
+    learner_steps: bool = False
 
     def __post_init__(self) -> None:
         check_clip_groups(self.clip_groups)
@@ -212,13 +216,15 @@ class Trainer:
         )
         finite = math.isfinite(stats["loss"])
         clip = self.settings.grad_clip
-        for params in clip_group_lists(self.learner.parameter_groups(), self.settings.clip_groups):
+        groups = {} if self.settings.learner_steps else self.learner.parameter_groups()
+        for params in clip_group_lists(groups, self.settings.clip_groups):
             params = [p for p in params if p.grad is not None]
             if params:
                 norm = torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip)
                 finite = finite and bool(torch.isfinite(norm))
         if finite:
-            self.optimizer.step()
+            if not self.settings.learner_steps:
+                self.optimizer.step()
             self._nonfinite_streak = 0
         else:
             self.nonfinite_skipped += 1
