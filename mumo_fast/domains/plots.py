@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -21,6 +22,23 @@ def group_colors(n: int) -> list:
         return COLORS[:n]
     cmap = colormaps["tab20"]
     return [cmap(i % 20) for i in range(n)]
+
+
+def step_curves_axes(curves: Sequence[tuple[str, dict]], ylabel: str) -> tuple[Figure, object]:
+    """A figure of metrics against inner steps, one line per ``(label, summary)`` with its
+    95% CI band (``summary["per_step"]`` holds ``mean`` and ``ci95`` per step); step 0 is
+    post-modulation. Returns the figure and its axes for domain-specific touches."""
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, summary) in enumerate(curves):
+        mean = np.asarray(summary["per_step"]["mean"])
+        ci = np.asarray(summary["per_step"]["ci95"])
+        steps = np.arange(len(mean))
+        ax.plot(steps, mean, marker="o", color=COLORS[i % 7], label=label)
+        ax.fill_between(steps, mean - ci, mean + ci, color=COLORS[i % 7], alpha=0.2)
+    ax.set_xlabel("gradient steps (0 = after modulation)")
+    ax.set_ylabel(ylabel)
+    return fig, ax
 
 
 def plot_tsne(

@@ -11,24 +11,15 @@ import torch
 from matplotlib.figure import Figure
 
 from ...meta import TaskBatch
-from ..plots import COLORS, plot_tsne
+from ..plots import plot_tsne, step_curves_axes
 
 __all__ = ["plot_episode", "plot_steps", "plot_tsne"]
 
 
 def plot_steps(curves: Sequence[tuple[str, dict]], path: str | os.PathLike) -> None:
     """Test accuracy against the number of inner steps (95% CI bands); 0 = post-modulation."""
-    fig = Figure(figsize=(6, 4.2), layout="constrained")
-    ax = fig.subplots()
-    for i, (label, summary) in enumerate(curves):
-        mean = np.asarray(summary["per_step"]["mean"])
-        ci = np.asarray(summary["per_step"]["ci95"])
-        steps = np.arange(len(mean))
-        ax.plot(steps, mean, marker="o", color=COLORS[i % 7], label=label)
-        ax.fill_between(steps, mean - ci, mean + ci, color=COLORS[i % 7], alpha=0.2)
-    ax.set_xlabel("gradient steps (0 = after modulation)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_xticks(np.arange(len(mean)))
+    fig, ax = step_curves_axes(curves, "test accuracy (%)")
+    ax.set_xticks(np.arange(len(curves[0][1]["per_step"]["mean"])))
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..plots import COLORS, plot_tsne
+from ..plots import COLORS, plot_tsne, step_curves_axes
 from .tasks import X_RANGE, RegressionTasks, true_function
 
 __all__ = ["plot_functions", "plot_steps", "plot_tsne"]
@@ -69,17 +68,8 @@ def plot_functions(
 
 def plot_steps(curves: Sequence[tuple[str, dict]], path: str | os.PathLike) -> None:
     """Test MSE against the number of inner steps, with 95% CI bands; step 0 = post-modulation."""
-    fig = Figure(figsize=(6, 4.2), layout="constrained")
-    ax = fig.subplots()
-    for i, (label, summary) in enumerate(curves):
-        mean = np.asarray(summary["per_step"]["mean"])
-        ci = np.asarray(summary["per_step"]["ci95"])
-        steps = np.arange(len(mean))
-        ax.plot(steps, mean, marker="o", color=COLORS[i % 7], label=label)
-        ax.fill_between(steps, mean - ci, mean + ci, color=COLORS[i % 7], alpha=0.2)
+    fig, ax = step_curves_axes(curves, "test MSE")
     ax.axhline(0.09, color="gray", ls="--", lw=1, label="noise floor (0.09)")
     ax.set_yscale("log")
-    ax.set_xlabel("gradient steps (0 = after modulation)")
-    ax.set_ylabel("test MSE")
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
