@@ -73,6 +73,8 @@ def plot_returns(curves: Sequence[tuple[str, dict]], path: str | os.PathLike) ->
         pre = m["returns"]["pre-modulation"]
         if label.startswith("mumomaml"):
             ax.errorbar([-1], [pre["mean"]], yerr=[pre["ci95"]], marker="s", color=color)
+    n_steps = max(len(m["per_step"]["mean"]) for _, m in curves)
+    ax.set_xticks(range(-1 if any(lb.startswith("mumomaml") for lb, _ in curves) else 0, n_steps))
     ax.set_xlabel("gradient steps (-1: before modulation, 0: after modulation)")
     ax.set_ylabel("average return")
     ax.legend(fontsize="small")

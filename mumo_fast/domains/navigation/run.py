@@ -246,10 +246,12 @@ def plot_run(run_dir: str | Path, device="cpu", learner=None, metrics=None) -> l
         emb = learner.embed(goals, torch.Generator(device=dev).manual_seed(run["seed"]))
         groups = (alpha * 4.999).long()
         names = [f"{a:.1f}-{a + 0.2:.1f}" for a in (0.0, 0.2, 0.4, 0.6, 0.8)]
+        names[0] += " (0.5, 0.5)"
+        names[-1] += " (-0.5, -0.5)"
         paths.append(out / "tsne.png")
         figures.plot_tsne(
             emb, groups, names, paths[-1], seed=run["seed"],
-            title="t-SNE of embeddings, goals from (0.5, 0.5) (0) to (-0.5, -0.5) (1)",
+            title="t-SNE of embeddings, goals between the mode centres",
         )  # fmt: skip
     return paths
 
