@@ -52,6 +52,18 @@ def test_first_build_says_once_what_is_happening(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == "" and len(built) == 2
 
 
+def test_each_torch_installation_has_its_own_build_folder(tmp_path, monkeypatch):
+    """(A folder shared by two environments with the same torch version would be rebuilt,
+    without the message, whenever the other environment had used it.)"""
+    import torch
+
+    src = cpp_build.source_dir()
+    here = cpp_build._cache_dir(src)
+    assert cpp_build._cache_dir(src) == here
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "torch" / "__init__.py"))
+    assert cpp_build._cache_dir(src) != here
+
+
 def test_no_cuda_runtime_line_is_filtered(caplog):
     import mumo_fast.ops  # noqa: F401  (installs the filter)
 

@@ -114,9 +114,13 @@ def _cpp_extension():
 
 
 def _cache_dir(src: Path) -> Path:
+    """One build folder per torch installation and sources: the build's commands name the
+    torch it compiles against, and a folder shared by two environments would be rebuilt
+    (silently) each time the other one used it."""
     import torch
 
-    key = _hash_sources(hashlib.sha256(torch.__version__.encode()), src)
+    install = f"{torch.__version__}\n{Path(torch.__file__).resolve().parent}"
+    key = _hash_sources(hashlib.sha256(install.encode()), src)
     root = os.environ.get("MUMO_FAST_CACHE_DIR") or Path.home() / ".cache" / "mumo_fast"
     return Path(root) / f"cpp-{key.hexdigest()[:16]}"
 
