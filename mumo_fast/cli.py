@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--skip-eval", action="store_true", help="no test evaluation or figures")
         p.add_argument(
             "--compile", action="store_true",
-            help="inner loop through torch.compile (MLP bases; compiles for tens of seconds, "
+            help="task encoder, modulation heads and inner loop through torch.compile (MLP "
+            "bases; compiles for tens of seconds, "
             "then faster meta-steps; see BENCHMARKS.md)",
         )  # fmt: skip
         _add_common(p)
