@@ -32,7 +32,7 @@ bool pick_grouped(int64_t T, int64_t N, int64_t C, int64_t S_in) {
 
 // Shared weights: one conv over all T*N images, then the epilogue over its output, or
 // the same loop over tasks as per-task weights (the epilogue then reads each task's
-// output while it is in cache). Measured as above (fwd, 1 thread, sixth session): the
+// output while it is in cache). Measured as above (fwd, 1 thread): the
 // loop 135 vs 177 ms at 14x14 outputs, 79 vs 124 at 7x7; one call 22.5 vs 24.9 at 4x4,
 // 6.1 vs 8.6 at 2x2.
 constexpr int64_t kSharedLoopMinPositions = 32;

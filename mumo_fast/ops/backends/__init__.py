@@ -90,9 +90,9 @@ def _cpp_has_device(device: torch.device) -> bool:
 
 
 # (device type, op) -> backends in order of preference, drawn from BENCHMARKS.md
-# (bench/ops_cpu.py, 1 thread): on CPU the C++ kernels win for batch norm (2.4-4.2x
-# forward+backward) and conv (0.96-1.6x); for the linear ops the GEMMs dominate and the
-# Function layer's overhead made cpp 0.88-0.90x the reference, so the reference stays.
+# (bench/ops_cpu.py, 1 thread, forward+backward against the reference): on CPU the C++
+# kernels win for batch norm (2.12-4.22x) and conv (1.50-2.45x per-task weights, 1.15-2.65x
+# shared); for the linear ops the GEMMs dominate (cpp 0.95-1.13x), so the reference stays.
 AUTO_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     ("cpu", "film_linear"): ("reference",),
     ("cpu", "film_linear_lowrank"): ("reference",),
