@@ -1,5 +1,5 @@
 """Navigation rollout throughput: the batched torch environment against gymnasium's
-SyncVectorEnv, the same policy, in the same run (SPEC 4.3, issue 16).
+SyncVectorEnv, the same policy, in the same run (the paper's navigation setting).
 
 Workload: a full meta-batch rollout, T tasks (default 20, goals from the bimodal mixture)
 x B trajectories (20) x H steps (100) of the bimodal navigation task, actions from one
@@ -20,7 +20,7 @@ warm-up each, median of --repeats; the ratio is of the medians of this run.
     python bench/navigation.py --threads 1   # writes bench/results/cpu_navigation_1thread.json
 
 ``--mode meta``: whole meta-iterations per second instead, MuMoMAML and MAML
-(``NavigationLearner.meta_train_step``, SPEC 4.3 settings: T tasks x B trajectories x H
+(``NavigationLearner.meta_train_step``, the paper's settings: T tasks x B trajectories x H
 steps, one inner policy-gradient step, the TRPO update with 10 conjugate-gradient
 iterations and its line search; MuMoMAML also samples and embeds the pre-modulation
 trajectories).  Each method's learner is trained on for --repeats iterations after one

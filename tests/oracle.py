@@ -1,4 +1,4 @@
-"""The fused ops written out from their definitions (SPEC section 5) in float64, one task
+"""The fused ops written out from their definitions (the README's "Ops reference") in float64, one task
 at a time, with none of the library's code and none of the torch ops its reference
 composes (no matmul / bmm, conv2d, var, tanh, sigmoid, relu): the independent oracle the
 forward of every backend, the reference included, is compared with."""

@@ -1,4 +1,4 @@
-"""The bimodal navigation environments (SPEC 4.3): gymnasium conformance, the batched twin's
+"""The bimodal navigation environments: gymnasium conformance, the batched twin's
 identical dynamics, goal handling and sampling, batched rollouts."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ layers,
 * ``params``: every base parameter by name, either shared (no task axis: not yet
   adapted, or the shared ``W`` of a low-rank layer) or per-task ``[T, ...]``;
 * ``factors``: for each low-rank :class:`~mumo_fast.nn.FiLMLinear` layer, ``(u, v)``
-  with ``W_t = W + v[t]^T u[t]`` (SPEC section 5): ``u = cat_j A_j`` (the layer's
+  with ``W_t = W + v[t]^T u[t]`` (README, "Ops reference": ``film_linear_lowrank``): ``u = cat_j A_j`` (the layer's
   support inputs at inner step j) and ``v = cat_j (-lr * D_j)`` (the gradients of
   the support loss w.r.t. its pre-FiLM output), rank ``steps * K``, plus a few
   rank-1 terms per step where an inner-gradient clamp binds (``inner_loop``); the bias

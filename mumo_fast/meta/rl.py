@@ -390,7 +390,7 @@ def trpo_step(
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
 ) -> TRPOResult:
-    """One TRPO update of ``params`` in place (SPEC 4.3's defaults).
+    """One TRPO update of ``params`` in place (the paper's defaults).
 
     ``loss_fn()``: the scalar surrogate loss at the current parameters (for MAML-TRPO the
     post-adaptation importance-sampling loss, recomputing the inner loop); ``kl_fn()``: the

@@ -1,7 +1,7 @@
 """Low-rank fast-weight scope for :class:`~mumo_fast.nn.FiLMLinear`.
 
 The batched inner loop (``mumo_fast.meta``) keeps a linear layer's per-task fast
-weights in the exact low-rank form of SPEC section 5, ``W_t = W + v[t]^T u[t]``,
+weights in the exact low-rank form of ``ops.film_linear_lowrank``, ``W_t = W + v[t]^T u[t]``,
 with the shared ``W`` passed through ``torch.func.functional_call`` as usual and the
 factors passed here. Inside :func:`lowrank_scope`, a FiLMLinear called with a task
 axis

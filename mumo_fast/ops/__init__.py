@@ -1,6 +1,6 @@
 """Public functional ops: FiLM fused into linear, conv and batch norm, with a task axis.
 
-Shapes and semantics: SPEC section 5. Every op takes ``backend=`` ("auto" by
+Shapes and semantics: the README's "Ops reference". Every op takes ``backend=`` ("auto" by
 default, see :func:`set_backend`); every backend computes the same function and
 is differentiable to any order.
 """

@@ -1,6 +1,6 @@
 """Autograd Functions over a backend's raw ops, differentiable to any order.
 
-Pattern (SPEC section 5): the forward calls a raw kernel; ``setup_context``
+Pattern: the forward calls a raw kernel; ``setup_context``
 saves only inputs and outputs (the pre-FiLM value ``z`` and the batch-norm
 statistics are returned as extra outputs, never saved as hidden
 intermediates); every backward is built from torch ops or from other Functions

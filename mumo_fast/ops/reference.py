@@ -2,7 +2,7 @@
 
 Every function here is a plain composition of differentiable torch ops, so
 torch's own autograd differentiates it to any order.  Arguments are assumed
-validated (see ``mumo_fast.ops._validate``); shapes follow SPEC section 5.
+validated (see ``mumo_fast.ops._validate``); shapes as in the README's "Ops reference".
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from .logging import MetricsLogger, truncate_log
 
 # How the gradient-norm clip groups the learner's parameters: "per-network" clips the base
 # network, the task encoder, the modulation heads (and learnable inner lrs) each on its own
-# (SPEC 4.1); "authors-code" clips the encoder and the modulation heads as one group, as the
+# (the paper's description); "authors-code" clips the encoder and the modulation heads as one group, as the
 # authors' released regression code does.
 CLIP_GROUPS = ("per-network", "authors-code")
 

@@ -1,4 +1,4 @@
-"""Meta-RL on bimodal 2-D point navigation (SPEC 4.3, paper Fig. 5, 6).
+"""Meta-RL on bimodal 2-D point navigation (paper Fig. 5, 6).
 
 Submodules: `env` (the gymnasium environment ``BimodalNavigationEnv``, registered as
 ``mumo_fast/BimodalNavigation-v0`` by ``import mumo_fast.envs``, the batched torch

@@ -1,4 +1,4 @@
-"""Bimodal 2-D point navigation (SPEC 4.3): a ``gymnasium.Env`` and a batched torch twin.
+"""Bimodal 2-D point navigation (the paper's meta-RL task): a ``gymnasium.Env`` and a batched torch twin.
 
 The task: a point starts at the origin and moves by 2-D actions towards a goal it never
 observes (the observation is its position only); the goal is the task.  Goals come from a

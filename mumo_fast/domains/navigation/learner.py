@@ -76,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "backend": None,
 }
 
-# SPEC 4.3: the two methods' own inner learning rates and discounts
+# The paper's settings: the two methods' own inner learning rates and discounts
 METHOD_DEFAULTS = {
     "mumomaml": {"inner_lr": 0.01, "discount": 0.99},
     "maml": {"inner_lr": 0.03, "discount": 0.95},

@@ -1,4 +1,4 @@
-"""The navigation domain's commands: train, eval and plot on run folders (SPEC 4.3).
+"""The navigation domain's commands: train, eval and plot on run folders.
 
     mumo-fast train navigation --method mumomaml --out runs/nav_mumo
     mumo-fast train navigation --method maml --out runs/nav_maml

@@ -1,4 +1,4 @@
-"""Multimodal few-shot regression (SPEC 4.1, paper Table 1).
+"""Multimodal few-shot regression (paper Table 1).
 
 Submodules: `tasks` (the function family, sampling, the fixed test set), `presets`,
 `data` (TaskBatch sampler), `metrics`, `figures`, `run` (the CLI commands).

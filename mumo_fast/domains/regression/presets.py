@@ -1,4 +1,4 @@
-"""Run settings for regression: the paper's (SPEC 4.1) and a quick default.
+"""Run settings for regression: the paper's and a quick default.
 
 A run's whole configuration is one JSON-serialisable dict (saved as run.json), built
 here from the CLI choices; the learner part goes to ``MetaLearner.from_config``.
@@ -16,7 +16,7 @@ MODULATIONS = ("film", "sigmoid", "softmax")
 ENCODERS = ("gru", "lstm")
 MODULATION_HEADS = ("mlp", "linear")
 
-# The authors' released settings (SPEC 4.1).
+# The authors' released settings (the paper's).
 PAPER = {
     "iterations": 70_000,
     "tasks_per_mode": 25,
@@ -58,9 +58,9 @@ def learner_config(
     base_init: str = "torch",
 ) -> dict[str, Any]:
     """MetaLearner config (mumo_fast.meta.config keys): MLP 1-100-100-100-1, ReLU, FiLM on
-    the hidden layers; MuMoMAML adds a bidirectional encoder (hidden 40; SPEC: a one-layer
+    the hidden layers; MuMoMAML adds a bidirectional encoder (hidden 40; default: a one-layer
     GRU, the authors' code: a two-layer LSTM) and a modulation head per modulated layer
-    (SPEC: a one-hidden-layer MLP, the authors' code: one linear layer). ``base_init``:
+    (default: a one-hidden-layer MLP, the authors' code: one linear layer). ``base_init``:
     the base network's initialisation (torch's own, or the authors' code's N(0, 0.01^2)
     weights and zero biases)."""
     if encoder not in ENCODERS:

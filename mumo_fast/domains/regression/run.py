@@ -50,7 +50,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset", choices=tuple(PRESETS),
         help="default: 3,000 iterations, 10 tasks per mode (a few minutes); "
-        "paper: SPEC 4.1, 70,000 iterations, 25 tasks per mode",
+        "paper: the paper's settings, 70,000 iterations, 25 tasks per mode",
     )  # fmt: skip
     p.add_argument("--iterations", type=int, help="meta-iterations (overrides the preset)")
     p.add_argument("--tasks-per-mode", type=int, help="tasks of each mode per meta-batch")
@@ -60,20 +60,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--task-family", choices=tuple(TASK_FAMILIES),
-        help="spec (default): SPEC 4.1, sinusoids with a random frequency in [0.5, 2]; "
+        help="spec (default): sinusoids with a random frequency in [0.5, 2]; "
         "authors-code: the authors' released code, sinusoids of frequency 1, phase in [0, pi]",
     )  # fmt: skip
     p.add_argument(
         "--encoder", choices=ENCODERS,
-        help="MuMoMAML's bidirectional task encoder; default: gru (SPEC; the authors' code: lstm)",
+        help="MuMoMAML's bidirectional task encoder; default: gru (the authors' code: lstm)",
     )  # fmt: skip
     p.add_argument(
         "--encoder-layers", type=int,
-        help="layers of the task encoder; default: 1 (SPEC; the authors' code: 2)",
+        help="layers of the task encoder; default: 1 (the authors' code: 2)",
     )  # fmt: skip
     p.add_argument(
         "--modulation-head", choices=MODULATION_HEADS,
-        help="per modulated layer: a one-hidden-layer MLP (default, SPEC) "
+        help="per modulated layer: a one-hidden-layer MLP (default) "
         "or one linear layer (the authors' code)",
     )  # fmt: skip
     p.add_argument(
@@ -83,7 +83,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--grad-clip-groups", choices=CLIP_GROUPS,
-        help="what the gradient-norm clip (2.0) covers: per-network (default, SPEC: base, "
+        help="what the gradient-norm clip (2.0) covers: per-network (default: base, "
         "encoder and modulation heads each on its own) or authors-code (encoder and heads "
         "together, as the authors' code)",
     )  # fmt: skip

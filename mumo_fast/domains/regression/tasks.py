@@ -1,10 +1,10 @@
-"""The multimodal few-shot regression task family (SPEC 4.1).
+"""The multimodal few-shot regression task family (paper Table 1).
 
 Every task is one function from one mode; x ~ U[-5, 5] and every observed y carries
 Gaussian noise (sigma 0.3). Sampling runs in torch on the caller's device from a
 ``torch.Generator``, so a run's data stream is part of its checkpointed state.
 
-Two variants of the family (``TASK_FAMILIES``): ``"spec"`` (SPEC 4.1: sinusoids
+Two variants of the family (``TASK_FAMILIES``): ``"spec"`` (the default: sinusoids
 ``A sin(w x + b)`` with a random frequency w in [0.5, 2]) and ``"authors-code"`` (the
 authors' released regression code: ``A sin(x - phi)``, frequency 1, phase phi in
 [0, pi]; the other modes are the same). With five support points the random frequency

@@ -2,7 +2,7 @@
 
 Every raw op is a ``torch.library.custom_op`` in the namespace ``mumo_fast_triton``
 with a fake (meta) implementation and a vmap rule, and no autograd of its own: the
-autograd Functions in ``mumo_fast.ops.functions`` differentiate them (SPEC section 5).
+autograd Functions in ``mumo_fast.ops.functions`` differentiate them.
 The vmap rule calls the op once per vmapped index.
 
 Kernels live in ``kernels/`` (``mumo_fast.kernels``): ``linear`` (batched GEMM over the
