@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 
+import pytest
 import torch
 
 from mumo_fast.ops import backends
@@ -122,3 +123,29 @@ def bn_args(shape, shared, flags, dtype, grad=False):
 
 def tol(dtype):
     return {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-10}
+
+
+# -- the triton test modules' shared setup ------------------------------------------------
+try:
+    from mumo_fast.ops.backends import triton as triton_backend
+except ImportError:  # triton missing
+    triton_backend = None
+
+CUDA = torch.cuda.is_available()
+# The whole module is skipped where triton cannot run, unless it is required (then its tests
+# fail).
+TRITON_MODULE_MARK = pytest.mark.skipif(
+    (triton_backend is None or not triton_backend.available())
+    and "triton" not in required_backends(),
+    reason="triton backend unavailable here",
+)
+# The devices the triton kernels run on here: CPU through the interpreter, CUDA for real.
+TRITON_DEVICES = [
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(
+            os.environ.get("TRITON_INTERPRET", "0") != "1", reason="CPU needs TRITON_INTERPRET=1"
+        ),
+    ),
+    pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA")),
+]

@@ -13,26 +13,13 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from mumo_fast import ops
 from mumo_fast.ops.backends import eager
+from ops_cases import CUDA, TRITON_DEVICES, TRITON_MODULE_MARK, triton_backend
 
 ACTS = ("none", "relu", "tanh", "sigmoid")
 F32, F64 = torch.float32, torch.float64
 
-_INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_CUDA = torch.cuda.is_available()
-try:
-    from mumo_fast.ops.backends import triton as tb
-except ImportError:  # triton missing
-    tb = None
-
-pytestmark = pytest.mark.skipif(
-    tb is None or not tb.available(), reason="triton backend unavailable here"
-)
-DEVICES = [
-    pytest.param(
-        "cpu", marks=pytest.mark.skipif(not _INTERP, reason="CPU needs TRITON_INTERPRET=1")
-    ),
-    pytest.param("cuda", marks=pytest.mark.skipif(not _CUDA, reason="no CUDA")),
-]
+pytestmark = TRITON_MODULE_MARK
+DEVICES = TRITON_DEVICES
 
 
 def tol(dtype):
@@ -43,12 +30,28 @@ def rnd(*shape, dtype=F32, device="cpu", scale=1.0, shift=0.0):
     return torch.randn(*shape, dtype=dtype, device=device) * scale + shift
 
 
-def close(got, want, dtype, msg=""):
+def close(got, want, dtype, msg="", tolerance=None):
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         assert g.shape == w.shape, f"{msg} output {i}: {g.shape} vs {w.shape}"
         assert g.is_contiguous(), f"{msg} output {i} not contiguous"
-        torch.testing.assert_close(g, w, **tol(dtype), msg=f"{msg} output {i}")
+        torch.testing.assert_close(g, w, **(tolerance or tol(dtype)), msg=f"{msg} output {i}")
+
+
+def bn_tol(x, dtype, *affine):
+    """Batch norm of data far from zero in float32: both implementations round ``x - mean``,
+    which loses about ``max|x| / std`` ulps relative to the normalised output (then scaled
+    by the affine factors), so with few values per channel and an unlucky draw the fixed
+    float32 tolerance is too tight. Widen atol by that measured conditioning."""
+    if dtype != F32:
+        return tol(dtype)
+    dims = (1, 3)
+    cond = (x.abs().amax(dims) / x.std(dims, unbiased=False)).max().item()
+    amp = 1.0
+    for v in affine:
+        if v is not None:
+            amp *= v.abs().max().item()
+    return {"rtol": 1e-4, "atol": 2e-5 + 16 * 2.0**-24 * cond * max(amp, 1.0)}
 
 
 def flag_cases():
@@ -84,7 +87,7 @@ def test_linear_fwd_parity(device, dtype, act, shared):
             x = rnd(t, n, i, dtype=dtype, device=device)
             w = rnd(*((o, i) if shared else (t, o, i)), dtype=dtype, device=device)
             b, g, be = (rnd(t, o, dtype=dtype, device=device) if f else None for f in flags)
-            got = tb.linear_fwd(x, w, b, g, be, act)
+            got = triton_backend.linear_fwd(x, w, b, g, be, act)
             close(got, eager.linear_fwd(x, w, b, g, be, act), dtype, f"{flags} {(t, n, i, o)}")
 
 
@@ -103,7 +106,7 @@ def test_linear_lowrank_fwd_parity(device, dtype, rank):
         u = rnd(t, rank, i, dtype=dtype, device=device)
         v = rnd(t, rank, o, dtype=dtype, device=device)
         b, g, be = (rnd(t, o, dtype=dtype, device=device) if f else None for f in flags)
-        got = tb.linear_lowrank_fwd(x, w, u, v, b, g, be, act)
+        got = triton_backend.linear_lowrank_fwd(x, w, u, v, b, g, be, act)
         close(got, eager.linear_lowrank_fwd(x, w, u, v, b, g, be, act), dtype, act)
 
 
@@ -126,7 +129,7 @@ def test_epilogue_bwd_parity(device, dtype, act):
             y = ops.reference.film_epilogue(
                 z, gamma, rnd(t, c, dtype=dtype, device=device), act
             ).contiguous()
-            got = tb.epilogue_bwd(gy, y, z, gamma, act)
+            got = triton_backend.epilogue_bwd(gy, y, z, gamma, act)
             close(got, eager.epilogue_bwd(gy, y, z, gamma, act), dtype, f"{(t, n, c, s)}")
 
 
@@ -144,7 +147,7 @@ def test_conv_fwd_parity(device, dtype, shared):
         x = rnd(t, n, c, h, w_, dtype=dtype, device=device)
         w = rnd(*((o, c, k, k) if shared else (t, o, c, k, k)), dtype=dtype, device=device)
         b, g, be = (rnd(t, o, dtype=dtype, device=device) if f else None for f in flags)
-        got = tb.conv_fwd(x, w, b, g, be, stride, padding, act)
+        got = triton_backend.conv_fwd(x, w, b, g, be, stride, padding, act)
         want = eager.conv_fwd(x, w, b, g, be, stride, padding, act)
         close(got, want, dtype, act)
 
@@ -170,13 +173,15 @@ def test_bn_fwd_bwd_parity(device, dtype, act):
             (False, True, False, True),
         )[k]
         w, b, g, be = (rnd(t, c, dtype=dtype, device=device) if f else None for f in flags)
-        got = tb.bn_fwd(x, w, b, g, be, 1e-5, act)
+        got = triton_backend.bn_fwd(x, w, b, g, be, 1e-5, act)
         want = eager.bn_fwd(x, w, b, g, be, 1e-5, act)
-        close(got, want, dtype, f"fwd {(t, n, c, s)}")
+        bn = bn_tol(x, dtype, w, g)
+        close(got, want, dtype, f"fwd {(t, n, c, s)}", bn)
         y, mean, rstd = want
         gy = rnd(t, n, c, s, dtype=dtype, device=device)
-        got = tb.bn_bwd(gy, x, y, mean, rstd, w, b, g, act)
-        close(got, eager.bn_bwd(gy, x, y, mean, rstd, w, b, g, act), dtype, f"bwd {(t, n, c, s)}")
+        got = triton_backend.bn_bwd(gy, x, y, mean, rstd, w, b, g, act)
+        want = eager.bn_bwd(gy, x, y, mean, rstd, w, b, g, act)
+        close(got, want, dtype, f"bwd {(t, n, c, s)}", bn)
 
 
 # ----------------------------------------------------------------------------- update
@@ -191,8 +196,8 @@ def test_clamped_sgd_raw_parity(device, dtype, clamp):
     ps = [rnd(*s, dtype=dtype, device=device) for s in shapes]
     gs = [rnd(*s, dtype=dtype, device=device) for s in shapes]
     lr = torch.rand(len(shapes), dtype=dtype, device=device)
-    got = tb.clamped_sgd_raw(ps, gs, lr, clamp)
-    close(got, tb._eager_update(ps, gs, lr, clamp), dtype)
+    got = triton_backend.clamped_sgd_raw(ps, gs, lr, clamp)
+    close(got, triton_backend._eager_update(ps, gs, lr, clamp), dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -219,15 +224,15 @@ def test_fake_and_vmap_registrations():
     """Fake kernels give the real shapes; vmap over a batch of calls matches a loop."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    dev = "cuda" if _CUDA else "cpu"
+    dev = "cuda" if CUDA else "cpu"
     x, w = rnd(2, 3, 5, device=dev), rnd(2, 4, 5, device=dev)
     with FakeTensorMode() as mode:
         fx, fw = mode.from_tensor(x), mode.from_tensor(w)
-        y, z = tb.linear_fwd(fx, fw, None, None, None, "relu")
+        y, z = triton_backend.linear_fwd(fx, fw, None, None, None, "relu")
         assert y.shape == (2, 3, 4) and z.shape == (2, 3, 4)
         fc = mode.from_tensor(rnd(2, 1, 3, 9, 7, device=dev))
         fwc = mode.from_tensor(rnd(4, 3, 3, 3, device=dev))
-        y, _ = tb.conv_fwd(fc, fwc, None, None, None, [2, 2], [1, 1], "none")
+        y, _ = triton_backend.conv_fwd(fc, fwc, None, None, None, [2, 2], [1, 1], "none")
         assert y.shape == (2, 1, 4, 5, 4)
     xb, wb = rnd(3, 2, 3, 5, device=dev), rnd(3, 2, 4, 5, device=dev)
     got = torch.func.vmap(lambda a, b: ops.film_linear(a, b, activation="tanh", backend="triton"))(
@@ -240,20 +245,20 @@ def test_fake_and_vmap_registrations():
 def test_custom_op_path_matches_direct_launch():
     """The raw ops launch directly on plain tensors; the registered custom ops (used under
     torch.func / torch.compile / fake tensors) compute the same, and pass opcheck."""
-    dev = "cuda" if _CUDA else "cpu"
+    dev = "cuda" if CUDA else "cpu"
     x, w, b = rnd(2, 3, 5, device=dev), rnd(4, 5, device=dev), rnd(2, 4, device=dev)
     close(
-        tb.linear_fwd.op(x, w, b, None, b, "sigmoid"),
-        tb.linear_fwd(x, w, b, None, b, "sigmoid"),
+        triton_backend.linear_fwd.op(x, w, b, None, b, "sigmoid"),
+        triton_backend.linear_fwd(x, w, b, None, b, "sigmoid"),
         F32,
     )
     x4 = rnd(2, 3, 4, 5, device=dev, shift=2.0)
     v = rnd(2, 4, device=dev)
-    out = tb.bn_fwd.op(x4, v, None, v, None, 1e-5, "relu")
+    out = triton_backend.bn_fwd.op(x4, v, None, v, None, 1e-5, "relu")
     close(out, eager.bn_fwd(x4, v, None, v, None, 1e-5, "relu"), F32)
     gy = rnd(2, 3, 4, 5, device=dev)
     close(
-        tb.epilogue_bwd.op(gy, out[0], x4, v, "relu"),
+        triton_backend.epilogue_bwd.op(gy, out[0], x4, v, "relu"),
         eager.epilogue_bwd(gy, out[0], x4, v, "relu"),
         F32,
     )
@@ -262,10 +267,14 @@ def test_custom_op_path_matches_direct_launch():
         [rnd(3, device=dev), rnd(2, 2, device=dev)],
     )
     lr = torch.rand(2, device=dev)
-    close(tb.clamped_sgd_raw.op(ps, gs, lr, 0.5), tb._eager_update(ps, gs, lr, 0.5), F32)
+    close(
+        triton_backend.clamped_sgd_raw.op(ps, gs, lr, 0.5),
+        triton_backend._eager_update(ps, gs, lr, 0.5),
+        F32,
+    )
     if hasattr(torch.library, "opcheck"):
-        torch.library.opcheck(tb.linear_fwd.op, (x, w, b, None, b, "tanh"))
-        torch.library.opcheck(tb.bn_fwd.op, (x4, v, None, v, None, 1e-5, "none"))
+        torch.library.opcheck(triton_backend.linear_fwd.op, (x, w, b, None, b, "tanh"))
+        torch.library.opcheck(triton_backend.bn_fwd.op, (x4, v, None, v, None, 1e-5, "none"))
 
 
 # ----------------------------------------------------- public ops: gradients, TF32, MAML
@@ -333,10 +342,12 @@ def test_tf32_opt_in(device, monkeypatch):
     for on in (False, True):
         monkeypatch.setattr(_common, "TF32", on)
         seen.clear()
-        runs[on] = tb.linear_fwd(x, w, None, None, None, "none")[1].double()
+        runs[on] = triton_backend.linear_fwd(x, w, None, None, None, "none")[1].double()
         assert seen and set(seen) == {"tf32" if on else "ieee"}, seen
         # float64 never goes through tl.dot: bit-identical on and off
-        runs[on, F64] = tb.linear_fwd(x.double(), w.double(), None, None, None, "none")[1]
+        runs[on, F64] = triton_backend.linear_fwd(x.double(), w.double(), None, None, None, "none")[
+            1
+        ]
     torch.testing.assert_close(runs[False], exact, rtol=1e-5, atol=1e-5)
     assert torch.equal(runs[False, F64], runs[True, F64])
     torch.testing.assert_close(runs[True, F64], exact, rtol=1e-12, atol=1e-12)
@@ -390,7 +401,7 @@ def test_maml_meta_gradients_match_reference(device, dtype):
         torch.testing.assert_close(gg, gw, **t_)
 
 
-@pytest.mark.skipif(_CUDA, reason="on CUDA the kernels compile for real in the tests above")
+@pytest.mark.skipif(CUDA, reason="on CUDA the kernels compile for real in the tests above")
 def test_kernels_compile_for_sm90_ahead_of_time():
     """The interpreter accepts code the real compiler rejects: compile a sample of the
     kernel variants to sm_90 cubins (no GPU needed) in a fresh process."""

@@ -4,7 +4,6 @@ interpreted up to triton 3.8 where the clamp bound is concerned), and float64 re
 match the float64 reference to about 1e-15 where a float32 bound would be off by 1e-8."""
 
 import importlib
-import os
 import pkgutil
 
 import pytest
@@ -12,24 +11,11 @@ import torch
 
 from mumo_fast import ops
 from mumo_fast.ops.backends import eager
+from ops_cases import TRITON_DEVICES, TRITON_MODULE_MARK, triton_backend
 
 F64 = torch.float64
-_INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_CUDA = torch.cuda.is_available()
-try:
-    from mumo_fast.ops.backends import triton as tb
-except ImportError:  # triton missing
-    tb = None
-
-pytestmark = pytest.mark.skipif(
-    tb is None or not tb.available(), reason="triton backend unavailable here"
-)
-DEVICES = [
-    pytest.param(
-        "cpu", marks=pytest.mark.skipif(not _INTERP, reason="CPU needs TRITON_INTERPRET=1")
-    ),
-    pytest.param("cuda", marks=pytest.mark.skipif(not _CUDA, reason="no CUDA")),
-]
+pytestmark = TRITON_MODULE_MARK
+DEVICES = TRITON_DEVICES
 # float32(0.7) - 0.7 = 1.2e-8: a bound or learning rate rounded to float32 is visible at 1e-15
 BOUND, LR, EPS = 0.7, 0.87, 1e-5 / 3
 
@@ -113,7 +99,10 @@ def test_float64_clamp_bound_and_lr_exact(device):
     gs = [rnd(3, 4, device=device, scale=3.0), rnd(300, device=device, scale=3.0)]
     assert all((g.abs() > BOUND).any() for g in gs)  # the bound binds
     lr = torch.tensor([LR, LR / 3], dtype=F64, device=device)
-    exact(tb.clamped_sgd_raw(ps, gs, lr, BOUND), tb._eager_update(ps, gs, lr, BOUND))
+    exact(
+        triton_backend.clamped_sgd_raw(ps, gs, lr, BOUND),
+        triton_backend._eager_update(ps, gs, lr, BOUND),
+    )
     got = ops.clamped_sgd(ps, gs, [LR, LR / 3], BOUND, backend="triton")
     exact(got, ops.clamped_sgd(ps, gs, [LR, LR / 3], BOUND, backend="reference"))
 
@@ -124,5 +113,5 @@ def test_float64_batch_norm_eps_exact(device):
     about 1e-8 relative (compiled kernels; interpreters 3.7-3.9 happen to keep this sum
     exact, the no-Python-float test above covers them)."""
     x = rnd(2, 5, 3, 4, device=device, scale=1e-3)
-    got = tb.bn_fwd(x, None, None, None, None, EPS, "none")
+    got = triton_backend.bn_fwd(x, None, None, None, None, EPS, "none")
     exact(got, eager.bn_fwd(x, None, None, None, None, EPS, "none"), rtol=1e-12, atol=0)
