@@ -185,22 +185,26 @@ def loop_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> floa
     return float(loss)
 
 
-def vmap_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> float:
+def vmap_meta_step(
+    learner: MetaLearner, batch: TaskBatch, first_order: bool, forward, loss_fn, steps, lr, clamp
+) -> float:
+    """torch.func.vmap over tasks of a functional inner loop: ``forward(params, x, film)``,
+    ``loss_fn(out, y)``; the meta-loss's backward is called."""
     film = film_of(learner, batch)
     base = dict(learner.base.named_parameters())
 
     def task(params, f, sx, sy, qx, qy):
         def support_loss(p):
-            return F.mse_loss(mlp(p, sx, f), sy)
+            return loss_fn(forward(p, sx, f), sy)
 
-        for _ in range(STEPS):
+        for _ in range(steps):
             g = torch.func.grad(support_loss)(params)
             if first_order:
                 g = {k: v.detach() for k, v in g.items()}
-            if CLAMP is not None:
-                g = {k: v.clamp(-CLAMP, CLAMP) for k, v in g.items()}
-            params = {k: params[k] - LR * g[k] for k in params}
-        return F.mse_loss(mlp(params, qx, f), qy)
+            if clamp is not None:
+                g = {k: v.clamp(-clamp, clamp) for k, v in g.items()}
+            params = {k: params[k] - lr * g[k] for k in params}
+        return loss_fn(forward(params, qx, f), qy)
 
     film_dim = None if film is None else 0
     losses = torch.func.vmap(task, in_dims=(None, film_dim, 0, 0, 0, 0))(
@@ -208,7 +212,11 @@ def vmap_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> floa
     )
     loss = losses.mean()
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
+
+
+def vmap_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> float:
+    return vmap_meta_step(learner, batch, first_order, mlp, F.mse_loss, STEPS, LR, CLAMP)
 
 
 class FiLMMLPModule(nn.Module):
@@ -351,29 +359,7 @@ def omniglot_loop_step(learner: MetaLearner, batch: TaskBatch, first_order: bool
 
 def omniglot_vmap_step(learner: MetaLearner, batch: TaskBatch, first_order: bool) -> float:
     steps, lr, clamp = _inner(learner)
-    film = film_of(learner, batch)
-    base = dict(learner.base.named_parameters())
-
-    def task(params, f, sx, sy, qx, qy):
-        def support_loss(p):
-            return F.cross_entropy(conv4(p, sx, f), sy)
-
-        for _ in range(steps):
-            g = torch.func.grad(support_loss)(params)
-            if first_order:
-                g = {k: v.detach() for k, v in g.items()}
-            if clamp is not None:
-                g = {k: v.clamp(-clamp, clamp) for k, v in g.items()}
-            params = {k: params[k] - lr * g[k] for k in params}
-        return F.cross_entropy(conv4(params, qx, f), qy)
-
-    film_dim = None if film is None else 0
-    losses = torch.func.vmap(task, in_dims=(None, film_dim, 0, 0, 0, 0))(
-        base, film, batch.support_x, batch.support_y, batch.query_x, batch.query_y
-    )
-    loss = losses.mean()
-    loss.backward()
-    return float(loss.detach())
+    return vmap_meta_step(learner, batch, first_order, conv4, F.cross_entropy, steps, lr, clamp)
 
 
 class Conv4Module(nn.Module):
