@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .reference import ACTIVATIONS
+from .activations import ACTIVATIONS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

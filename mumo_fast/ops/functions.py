@@ -20,12 +20,12 @@ import functools
 from types import ModuleType
 
 import torch
-import torch.autograd.forward_ad as _fwad
 from torch import Tensor
-from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
 from torch.autograd import Function
 
-from .backends.eager import activation_grad_from_output
+from . import _torch_internals as _internals
+from .activations import activation_grad_from_output, activation_second_grad_from_output
+from .backends import eager
 from .reference import conv_pre_film, per_channel
 
 
@@ -37,22 +37,18 @@ class _Function(Function):
 
     @classmethod
     def apply(cls, *args):
-        if torch._C._are_functorch_transforms_active():
+        if _internals.functorch_transforms_active():
             _refuse_forward_over_forward()
             return super().apply(*args)
-        return super(Function, cls).apply(*_unwrap_dead_wrappers(args))
+        return _internals.apply_unbound(cls, args)
 
 
 def _refuse_forward_over_forward() -> None:
     """Forward mode over forward mode (``jacfwd(jacfwd(f))``; torch.autograd.forward_ad
     itself refuses nested levels) would be silently wrong: PyTorch does not differentiate an autograd.Function's
     ``jvp``, so the outer tangent misses the inner jvp's own derivative. Refuse it."""
-    from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
     # (a torch.func jvp opens a forward_ad level too: the larger count, not the sum)
-    jvps = sum(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
-    levels = max(_fwad._current_level + 1, jvps)
+    levels = max(_internals.forward_ad_level() + 1, _internals.functorch_jvp_depth())
     if levels >= 2:
         raise NotImplementedError(
             "mumo_fast ops: forward mode over forward mode (e.g. jacfwd(jacfwd(f))) "
@@ -66,9 +62,11 @@ def _own(outputs: tuple) -> tuple:
     """A Function's outputs, none of them a view while a forward-mode level is open
     (``torch.autograd.forward_ad`` requires a custom Function's view outputs to have
     tangents laid out as views of a base; a raw kernel may return a view of its buffer)."""
-    if _fwad._current_level < 0:
+    if _internals.forward_ad_level() < 0:
         return outputs
-    return tuple(o.clone() if isinstance(o, Tensor) and o._is_view() else o for o in outputs)
+    return tuple(
+        o.clone() if isinstance(o, Tensor) and _internals.is_view(o) else o for o in outputs
+    )
 
 
 def _plain_backward() -> bool:
@@ -78,28 +76,14 @@ def _plain_backward() -> bool:
     ``torch.autograd.forward_ad`` differentiates even a backward run without a graph)."""
     return (
         not torch.is_grad_enabled()
-        and not torch._C._are_functorch_transforms_active()
-        and _fwad._current_level < 0
+        and not _internals.functorch_transforms_active()
+        and _internals.forward_ad_level() < 0
     )
 
 
-def _activation_second_grad(y: Tensor, act: str) -> Tensor | None:
-    """d/dy of act'(u) written as a function of y; None where it is identically 0."""
-    if act == "tanh":
-        return -2 * y
-    if act == "sigmoid":
-        return 1 - 2 * y
-    return None
-
-
-def _tc(v: Tensor) -> Tensor:
-    """[T, C] -> broadcastable over [T, N, C, S]."""
-    return v[:, None, :, None]
-
-
-def _tc_any(v: Tensor) -> Tensor:
-    """[T, C] or shared [C] -> broadcastable over [T, N, C, S]."""
-    return v[:, None, :, None] if v.dim() == 2 else v[None, None, :, None]
+def _channels(v: Tensor) -> Tensor:
+    """A per-channel vector [T, C] (or shared [C]) broadcastable over [T, N, C, S]."""
+    return per_channel(v, 4)
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -111,11 +95,11 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
 def _epilogue_jvp(tz, t_gamma, t_beta, y4, z4, gamma, act) -> Tensor:
     """Tangent of y = act(z*gamma + beta) (4-D layout) from the tangents of z (4-D),
     gamma and beta ([T, C] or None)."""
-    tu = tz if gamma is None else tz * _tc(gamma)
+    tu = tz if gamma is None else tz * _channels(gamma)
     if t_gamma is not None:
-        tu = tu + z4 * _tc(t_gamma)
+        tu = tu + z4 * _channels(t_gamma)
     if t_beta is not None:
-        tu = tu + _tc(t_beta)
+        tu = tu + _channels(t_beta)
     d1 = activation_grad_from_output(y4, act)
     return tu if d1 is None else tu * d1
 
@@ -147,14 +131,14 @@ class FilmEpilogueBackward(_Function):
         d1 = activation_grad_from_output(y, act)
         du = gy if d1 is None else gy * d1
         t_du = None if t_gy is None else (t_gy if d1 is None else t_gy * d1)
-        d2 = _activation_second_grad(y, act)
+        d2 = activation_second_grad_from_output(y, act)
         if d2 is not None and t_y is not None:
             t_du = _add(t_du, gy * d2 * t_y)
         if t_du is None:  # (tangents are None where an input has none under torch.func)
             t_du = torch.zeros_like(gy)
-        t_dz = t_du if gamma is None else t_du * _tc(gamma)
+        t_dz = t_du if gamma is None else t_du * _channels(gamma)
         if t_gamma is not None:
-            t_dz = t_dz + du * _tc(t_gamma)
+            t_dz = t_dz + du * _channels(t_gamma)
         t_dgamma = t_du * z if t_z is None else t_du * z + du * t_z
         return t_dz, t_dgamma.sum(dim=(1, 3)), t_du.sum(dim=(1, 3)), t_dz.sum(dim=(1, 3))
 
@@ -167,26 +151,28 @@ class FilmEpilogueBackward(_Function):
         # g_du: gradient flowing into du = gy * act'(y) from all four outputs.
         g_dz_total = g_dz
         if g_dbias is not None:
-            g_dz_total = _tc(g_dbias) if g_dz_total is None else g_dz_total + _tc(g_dbias)
+            g_dz_total = (
+                _channels(g_dbias) if g_dz_total is None else g_dz_total + _channels(g_dbias)
+            )
         g_du = None
         if g_dz_total is not None:
-            g_du = g_dz_total if gamma is None else g_dz_total * _tc(gamma)
+            g_du = g_dz_total if gamma is None else g_dz_total * _channels(gamma)
         if g_dgamma is not None:
-            term = _tc(g_dgamma) * z
+            term = _channels(g_dgamma) * z
             g_du = term if g_du is None else g_du + term
         if g_dbeta is not None:
-            term = _tc(g_dbeta)
+            term = _channels(g_dbeta)
             g_du = term if g_du is None else g_du + term
         grad_gy = grad_y = grad_z = grad_gamma = None
         if g_du is not None:
             g_du = g_du.expand_as(gy)
             if ctx.needs_input_grad[0]:
                 grad_gy = g_du if d1 is None else g_du * d1
-            d2 = _activation_second_grad(y, act)
+            d2 = activation_second_grad_from_output(y, act)
             if ctx.needs_input_grad[1] and d2 is not None:
                 grad_y = g_du * gy * d2
         if ctx.needs_input_grad[2] and g_dgamma is not None:
-            grad_z = _tc(g_dgamma) * du
+            grad_z = _channels(g_dgamma) * du
         if gamma is not None and ctx.needs_input_grad[3] and g_dz_total is not None:
             grad_gamma = (g_dz_total * du).sum(dim=(1, 3))
         return grad_gy, grad_y, grad_z, grad_gamma, None, None
@@ -208,21 +194,25 @@ def epilogue_grads(gy, gz, y4, z4, gamma, act, backend):
     return dz, dgamma, dbeta, dbias
 
 
-def _expand_tc(v: Tensor | None, t: int) -> Tensor | None:
+def _per_task(v: Tensor | None, t: int) -> Tensor | None:
+    """A per-channel vector as the raw ops take it: [T, C] contiguous (a shared [C]
+    expanded to T tasks), or None."""
     if v is None:
         return None
     return v.expand(t, v.shape[-1]).contiguous() if v.dim() == 1 else v.contiguous()
 
 
+def _film_vectors(bias, gamma, beta, t: int) -> tuple:
+    """(bias, gamma, beta) as the raw ops take them: [T, C] contiguous, or None."""
+    return _per_task(bias, t), _per_task(gamma, t), _per_task(beta, t)
+
+
 def _reduce_like(grad: Tensor | None, like: Tensor | None) -> Tensor | None:
-    """Sum a per-task [T, C] gradient over T when the argument was shared [C]."""
+    """Sum a per-task [T, C] gradient over T when the argument was shared [C]; None when
+    the argument was absent."""
     if grad is None or like is None:
         return None
     return grad.sum(0) if like.dim() == 1 else grad
-
-
-def _opt(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.contiguous()
 
 
 def _linear(x: Tensor | None, weight: Tensor | None) -> Tensor | None:
@@ -239,33 +229,82 @@ def _bmm3(a: Tensor | None, b: Tensor | None, c: Tensor | None) -> Tensor | None
     return torch.bmm(torch.bmm(a, b.transpose(1, 2)), c)
 
 
+# -- the FiLM Functions: outputs (y, z) with y = act(z * gamma + beta) ----------------------
+# Each saves its inputs and outputs the same way, differentiates the epilogue the same way
+# (``_film_grads``) and differs only in how z is formed and differentiated.
+
+
+def _setup_film_context(ctx, saved: tuple, bias, gamma, beta, act: str, backend) -> None:
+    """Save ``saved`` for both modes and remember the activation, the backend and which
+    of (bias, gamma, beta) were given (their gradients are returned shaped like them)."""
+    ctx.save_for_backward(*saved)
+    ctx.save_for_forward(*saved)
+    ctx.act, ctx.backend = act, backend
+    ctx.film_args = (None if bias is None else bias.dim(), gamma is not None, beta is not None)
+    ctx.set_materialize_grads(False)
+
+
+def _film_grads(ctx, gy, gz, y: Tensor, z: Tensor, gamma):
+    """The backward of the epilogue from the gradients of y and z (either None), in the
+    layout [T, N, C, ...] of y and z. Returns (dz shaped like z, dbias, dgamma, dbeta),
+    each None where no gradient reaches it or its argument was absent; dbias summed over
+    the tasks where the bias was shared [C]."""
+    shape4 = (*z.shape[:3], -1)
+    dz, dgamma, dbeta, dbias = epilogue_grads(
+        None if gy is None else gy.reshape(shape4),
+        None if gz is None else gz.reshape(shape4),
+        y.reshape(shape4),
+        z.reshape(shape4),
+        gamma,
+        ctx.act,
+        ctx.backend,
+    )
+    bias_dim, has_gamma, has_beta = ctx.film_args
+    if bias_dim is None:
+        dbias = None
+    elif bias_dim == 1 and dbias is not None:
+        dbias = dbias.sum(0)
+    return (
+        None if dz is None else dz.reshape(z.shape),
+        dbias,
+        dgamma if has_gamma else None,
+        dbeta if has_beta else None,
+    )
+
+
+def _film_tangents(ctx, tz, t_gamma, t_beta, y: Tensor, z: Tensor, gamma):
+    """(ty, tz): the output tangents of a FiLM Function from the tangent of z (None where
+    z has none) and those of gamma and beta, in the layout [T, N, C, ...] of y and z."""
+    if tz is None:
+        tz = torch.zeros_like(z)
+    shape4 = (*z.shape[:3], -1)
+    ty = _epilogue_jvp(
+        tz.reshape(shape4),
+        t_gamma,
+        t_beta,
+        y.reshape(shape4),
+        z.reshape(shape4),
+        gamma,
+        ctx.act,
+    )
+    return ty.reshape(y.shape), tz
+
+
 class FilmLinearFunction(_Function):
+    """z = x W^T + b (W shared [OUT, IN] or per task [T, OUT, IN]); y = act(z*gamma + beta)."""
+
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, bias, gamma, beta, act: str, backend: ModuleType):
-        t = x.shape[0]
-        return _own(
-            backend.linear_fwd(
-                x.contiguous(),
-                weight.contiguous(),
-                _expand_tc(bias, t),
-                _opt(gamma),
-                _opt(beta),
-                act,
-            )
-        )
+        vectors = _film_vectors(bias, gamma, beta, x.shape[0])
+        return _own(backend.linear_fwd(x.contiguous(), weight.contiguous(), *vectors, act))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias, gamma, beta, act, backend = inputs
         y, z = output
-        ctx.save_for_backward(x, weight, gamma, y, z)
-        ctx.save_for_forward(x, weight, gamma, y, z)
-        ctx.act, ctx.backend = act, backend
-        ctx.bias_shared = bias is not None and bias.dim() == 1
-        ctx.has = (bias is not None, gamma is not None, beta is not None)
-        ctx.set_materialize_grads(False)
+        _setup_film_context(ctx, (x, weight, gamma, y, z), bias, gamma, beta, act, backend)
 
     @staticmethod
     def jvp(ctx, tx, tw, tb, t_gamma, t_beta, _act, _backend):
@@ -273,48 +312,21 @@ class FilmLinearFunction(_Function):
         tz = _add(_linear(tx, weight), _linear(x, tw))
         if tb is not None:
             tz = _add(tz, tb.unsqueeze(-2).expand_as(z))
-        if tz is None:
-            tz = torch.zeros_like(z)
-        ty = _epilogue_jvp(
-            tz.unsqueeze(-1), t_gamma, t_beta, y.unsqueeze(-1), z.unsqueeze(-1), gamma, ctx.act
-        )
-        return ty.squeeze(-1), tz
+        return _film_tangents(ctx, tz, t_gamma, t_beta, y, z, gamma)
 
     @staticmethod
     def backward(ctx, gy, gz):
         x, weight, gamma, y, z = ctx.saved_tensors
-        dz, dgamma, dbeta, dbias = epilogue_grads(
-            None if gy is None else gy.unsqueeze(-1),
-            None if gz is None else gz.unsqueeze(-1),
-            y.unsqueeze(-1),
-            z.unsqueeze(-1),
-            gamma,
-            ctx.act,
-            ctx.backend,
-        )
-        if dz is None:
-            return (None,) * 7
-        dz = dz.squeeze(-1)
+        dz, dbias, dgamma, dbeta = _film_grads(ctx, gy, gz, y, z, gamma)
         dx = dweight = None
-        if ctx.needs_input_grad[0]:
+        if dz is not None and ctx.needs_input_grad[0]:
             dx = dz @ weight if weight.dim() == 2 else torch.bmm(dz, weight)
-        if ctx.needs_input_grad[1]:
+        if dz is not None and ctx.needs_input_grad[1]:
             if weight.dim() == 2:
                 dweight = dz.reshape(-1, dz.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
             else:
                 dweight = torch.bmm(dz.transpose(1, 2), x)
-        has_bias, has_gamma, has_beta = ctx.has
-        if has_bias and dbias is not None and ctx.bias_shared:
-            dbias = dbias.sum(0)
-        return (
-            dx,
-            dweight,
-            dbias if has_bias else None,
-            dgamma if has_gamma else None,
-            dbeta if has_beta else None,
-            None,
-            None,
-        )
+        return dx, dweight, dbias, dgamma, dbeta, None, None
 
 
 class FilmLinearLowRankFunction(_Function):
@@ -324,30 +336,15 @@ class FilmLinearLowRankFunction(_Function):
 
     @staticmethod
     def forward(x, weight, u, v, bias, gamma, beta, act: str, backend: ModuleType):
-        t = x.shape[0]
-        return _own(
-            backend.linear_lowrank_fwd(
-                x.contiguous(),
-                weight.contiguous(),
-                u.contiguous(),
-                v.contiguous(),
-                _expand_tc(bias, t),
-                _opt(gamma),
-                _opt(beta),
-                act,
-            )
-        )
+        vectors = _film_vectors(bias, gamma, beta, x.shape[0])
+        factors = (x.contiguous(), weight.contiguous(), u.contiguous(), v.contiguous())
+        return _own(backend.linear_lowrank_fwd(*factors, *vectors, act))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, u, v, bias, gamma, beta, act, backend = inputs
         y, z = output
-        ctx.save_for_backward(x, weight, u, v, gamma, y, z)
-        ctx.save_for_forward(x, weight, u, v, gamma, y, z)
-        ctx.act, ctx.backend = act, backend
-        ctx.bias_shared = bias is not None and bias.dim() == 1
-        ctx.has = (bias is not None, gamma is not None, beta is not None)
-        ctx.set_materialize_grads(False)
+        _setup_film_context(ctx, (x, weight, u, v, gamma, y, z), bias, gamma, beta, act, backend)
 
     @staticmethod
     def jvp(ctx, tx, tw, tu, tv, tb, t_gamma, t_beta, _act, _backend):
@@ -363,55 +360,27 @@ class FilmLinearLowRankFunction(_Function):
             None if tb is None else tb.unsqueeze(-2).expand_as(z),
         ):
             tz = _add(tz, term)
-        if tz is None:
-            tz = torch.zeros_like(z)
-        ty = _epilogue_jvp(
-            tz.unsqueeze(-1), t_gamma, t_beta, y.unsqueeze(-1), z.unsqueeze(-1), gamma, ctx.act
-        )
-        return ty.squeeze(-1), tz
+        return _film_tangents(ctx, tz, t_gamma, t_beta, y, z, gamma)
 
     @staticmethod
     def backward(ctx, gy, gz):
         x, weight, u, v, gamma, y, z = ctx.saved_tensors
-        dz, dgamma, dbeta, dbias = epilogue_grads(
-            None if gy is None else gy.unsqueeze(-1),
-            None if gz is None else gz.unsqueeze(-1),
-            y.unsqueeze(-1),
-            z.unsqueeze(-1),
-            gamma,
-            ctx.act,
-            ctx.backend,
-        )
-        if dz is None:
-            return (None,) * 9
-        dz = dz.squeeze(-1)
-        t, n, i = x.shape
-        o = dz.shape[-1]
+        dz, dbias, dgamma, dbeta = _film_grads(ctx, gy, gz, y, z, gamma)
         dx = dweight = du = dv = None
-        need = ctx.needs_input_grad
-        dp = torch.bmm(dz, v.transpose(1, 2)) if (need[0] or need[2]) else None  # [T,N,R]
-        if need[0]:
-            dx = (dz.reshape(t * n, o) @ weight).reshape(t, n, i) + torch.bmm(dp, u)
-        if need[1]:
-            dweight = dz.reshape(t * n, o).t() @ x.reshape(t * n, i)
-        if need[2]:
-            du = torch.bmm(dp.transpose(1, 2), x)
-        if need[3]:
-            dv = torch.bmm(torch.bmm(x, u.transpose(1, 2)).transpose(1, 2), dz)
-        has_bias, has_gamma, has_beta = ctx.has
-        if has_bias and dbias is not None and ctx.bias_shared:
-            dbias = dbias.sum(0)
-        return (
-            dx,
-            dweight,
-            du,
-            dv,
-            dbias if has_bias else None,
-            dgamma if has_gamma else None,
-            dbeta if has_beta else None,
-            None,
-            None,
-        )
+        if dz is not None:
+            t, n, i = x.shape
+            o = dz.shape[-1]
+            need = ctx.needs_input_grad
+            dp = torch.bmm(dz, v.transpose(1, 2)) if (need[0] or need[2]) else None  # [T,N,R]
+            if need[0]:
+                dx = (dz.reshape(t * n, o) @ weight).reshape(t, n, i) + torch.bmm(dp, u)
+            if need[1]:
+                dweight = dz.reshape(t * n, o).t() @ x.reshape(t * n, i)
+            if need[2]:
+                du = torch.bmm(dp.transpose(1, 2), x)
+            if need[3]:
+                dv = torch.bmm(torch.bmm(x, u.transpose(1, 2)).transpose(1, 2), dz)
+        return dx, dweight, du, dv, dbias, dgamma, dbeta, None, None
 
 
 def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w):
@@ -450,34 +419,23 @@ def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w):
 
 
 class FilmConv2dFunction(_Function):
+    """z = conv2d(x, W) + b (W shared or per task); y = act(z*gamma + beta)."""
+
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, bias, gamma, beta, stride, padding, act: str, backend: ModuleType):
-        t = x.shape[0]
+        vectors = _film_vectors(bias, gamma, beta, x.shape[0])
         return _own(
-            backend.conv_fwd(
-                x.contiguous(),
-                weight.contiguous(),
-                _expand_tc(bias, t),
-                _opt(gamma),
-                _opt(beta),
-                stride,
-                padding,
-                act,
-            )
+            backend.conv_fwd(x.contiguous(), weight.contiguous(), *vectors, stride, padding, act)
         )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias, gamma, beta, stride, padding, act, backend = inputs
         y, z = output
-        ctx.save_for_backward(x, weight, gamma, y, z)
-        ctx.save_for_forward(x, weight, gamma, y, z)
-        ctx.stride, ctx.padding, ctx.act, ctx.backend = stride, padding, act, backend
-        ctx.bias_shared = bias is not None and bias.dim() == 1
-        ctx.has = (bias is not None, gamma is not None, beta is not None)
-        ctx.set_materialize_grads(False)
+        _setup_film_context(ctx, (x, weight, gamma, y, z), bias, gamma, beta, act, backend)
+        ctx.stride, ctx.padding = stride, padding
 
     @staticmethod
     def jvp(ctx, tx, tw, tb, t_gamma, t_beta, _stride, _padding, _act, _backend):
@@ -490,39 +448,18 @@ class FilmConv2dFunction(_Function):
             tz = _add(tz, conv(x, tw))
         if tb is not None:
             tz = _add(tz, per_channel(tb, 5).expand_as(z))
-        if tz is None:
-            tz = torch.zeros_like(z)
-        shape4 = (*y.shape[:3], -1)
-        ty = _epilogue_jvp(
-            tz.reshape(shape4),
-            t_gamma,
-            t_beta,
-            y.reshape(shape4),
-            z.reshape(shape4),
-            gamma,
-            ctx.act,
-        )
-        return ty.reshape(y.shape), tz
+        return _film_tangents(ctx, tz, t_gamma, t_beta, y, z, gamma)
 
     @staticmethod
     def backward(ctx, gy, gz):
         x, weight, gamma, y, z = ctx.saved_tensors
-        shape4 = (*y.shape[:3], -1)
-        dz, dgamma, dbeta, dbias = epilogue_grads(
-            None if gy is None else gy.reshape(shape4),
-            None if gz is None else gz.reshape(shape4),
-            y.reshape(shape4),
-            z.reshape(shape4),
-            gamma,
-            ctx.act,
-            ctx.backend,
-        )
-        if dz is None:
-            return (None,) * 9
-        dz = dz.reshape(y.shape)
+        dz, dbias, dgamma, dbeta = _film_grads(ctx, gy, gz, y, z, gamma)
+        dx = dweight = None
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         per_task_bwd = getattr(ctx.backend, "conv_bwd_per_task", None)
-        if per_task_bwd is not None and _plain_backward():
+        if dz is None:
+            pass
+        elif per_task_bwd is not None and _plain_backward():
             # a backend's faster first backward, task by task; when the backward itself
             # must be differentiable (create_graph), aten's call, which has a derivative.
             # Shared weights go task by task too, as T copies whose gradients are summed:
@@ -534,20 +471,7 @@ class FilmConv2dFunction(_Function):
                 dweight = dweight.sum(0)
         else:
             dx, dweight = _conv_input_weight_grads(dz, x, weight, ctx.stride, ctx.padding, *need)
-        has_bias, has_gamma, has_beta = ctx.has
-        if has_bias and dbias is not None and ctx.bias_shared:
-            dbias = dbias.sum(0)
-        return (
-            dx,
-            dweight,
-            dbias if has_bias else None,
-            dgamma if has_gamma else None,
-            dbeta if has_beta else None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return dx, dweight, dbias, dgamma, dbeta, None, None, None, None
 
 
 class FilmBatchNormFunction(_Function):
@@ -561,10 +485,8 @@ class FilmBatchNormFunction(_Function):
         t, n, c = x.shape[:3]
         y, mean, rstd = backend.bn_fwd(
             x.reshape(t, n, c, -1).contiguous(),
-            _expand_tc(weight, t),
-            _expand_tc(bias, t),
-            _opt(gamma),
-            _opt(beta),
+            _per_task(weight, t),
+            *_film_vectors(bias, gamma, beta, t),
             eps,
             act,
         )
@@ -586,22 +508,22 @@ class FilmBatchNormFunction(_Function):
         if tx is None:
             tx = torch.zeros_like(x)
         x4, tx4 = x.reshape(t, n, c, -1), tx.reshape(t, n, c, -1)
-        xc = x4 - _tc(mean)
-        xhat = xc * _tc(rstd)
+        xc = x4 - _channels(mean)
+        xhat = xc * _channels(rstd)
         t_mean = tx4.mean(dim=(1, 3))
-        txc = tx4 - _tc(t_mean)
+        txc = tx4 - _channels(t_mean)
         # rstd = (mean(xc^2) + eps)^(-1/2)
         t_rstd = -(rstd**3) * (xc * txc).mean(dim=(1, 3))
-        t_xhat = txc * _tc(rstd) + xc * _tc(t_rstd)
+        t_xhat = txc * _channels(rstd) + xc * _channels(t_rstd)
         z, tz = xhat, t_xhat
         if weight is not None:
-            z, tz = z * _tc_any(weight), tz * _tc_any(weight)
+            z, tz = z * _channels(weight), tz * _channels(weight)
         if tw is not None:
-            tz = tz + xhat * _tc_any(tw)
+            tz = tz + xhat * _channels(tw)
         if bias is not None:
-            z = z + _tc_any(bias)
+            z = z + _channels(bias)
         if tb is not None:
-            tz = tz + _tc_any(tb)
+            tz = tz + _channels(tb)
         ty = _epilogue_jvp(tz, t_gamma, t_beta, y.reshape(t, n, c, -1), z, gamma, ctx.act)
         return ty.reshape(x.shape), t_mean, t_rstd
 
@@ -611,25 +533,24 @@ class FilmBatchNormFunction(_Function):
         t, n, c = x.shape[:3]
         x4 = x.reshape(t, n, c, -1)
         y4 = y.reshape(t, n, c, -1)
-        w = _expand_tc(weight, t) if weight is not None else None
-        b = _expand_tc(bias, t) if bias is not None else None
-        fused = _plain_backward() and gy is not None and gmean is None and grstd is None
-        if fused:
+        gy4 = None if gy is None else gy.reshape(t, n, c, -1)
+        w, b = _per_task(weight, t), _per_task(bias, t)
+        dx = dweight = dbias = dgamma = dbeta = None
+        if _plain_backward() and gy is not None and gmean is None and grstd is None:
             dx, dweight, dbias, dgamma, dbeta = ctx.backend.bn_bwd(
-                gy.reshape(t, n, c, -1).contiguous(),
-                x4.contiguous(),
-                y4.contiguous(),
-                mean,
-                rstd,
-                w,
-                b,
-                gamma,
-                ctx.act,
+                gy4.contiguous(), x4.contiguous(), y4.contiguous(), mean, rstd, w, b, gamma, ctx.act
             )
-        else:
-            dx, dweight, dbias, dgamma, dbeta = _bn_backward_differentiable(
-                gy, gmean, grstd, x4, y4, mean, rstd, w, b, gamma, ctx.act, ctx.backend
-            )
+        else:  # differentiable: torch ops and FilmEpilogueBackward (whose backward is torch ops)
+            if gy is not None:
+                backend = ctx.backend
+
+                def epilogue_bwd(gy, y, z, gamma, act):
+                    return FilmEpilogueBackward.apply(gy, y, z, gamma, act, backend)
+
+                dx, dweight, dbias, dgamma, dbeta = eager.bn_bwd(
+                    gy4, x4, y4, mean, rstd, w, b, gamma, ctx.act, epilogue_bwd=epilogue_bwd
+                )
+            dx = _add(dx, eager.bn_stats_input_grad(gmean, grstd, x4, mean, rstd))
         dx = None if dx is None or not ctx.needs_input_grad[0] else dx.reshape(x.shape)
         return (
             dx,
@@ -641,33 +562,3 @@ class FilmBatchNormFunction(_Function):
             None,
             None,
         )
-
-
-def _bn_backward_differentiable(gy, gmean, grstd, x4, y4, mean, rstd, w, b, gamma, act, backend):
-    """Batch-norm backward from torch ops and FilmEpilogueBackward only (used when a
-    graph of the backward is wanted, or when mean/rstd receive gradients)."""
-    t, n, c, s = x4.shape
-    m = n * s
-    xhat = (x4 - _tc(mean)) * _tc(rstd)
-    dx = dweight = dbias = dgamma = dbeta = None
-    if gy is not None:
-        z = xhat
-        if w is not None:
-            z = z * _tc(w)
-        if b is not None:
-            z = z + _tc(b)
-        dz, dgamma, dbeta, dbias = FilmEpilogueBackward.apply(
-            gy.reshape(t, n, c, -1), y4, z, gamma, act, backend
-        )
-        dweight = (dz * xhat).sum(dim=(1, 3))
-        dxhat = dz if w is None else dz * _tc(w)
-        s1 = dxhat.sum(dim=(1, 3), keepdim=True) / m
-        s2 = (dxhat * xhat).sum(dim=(1, 3), keepdim=True) / m
-        dx = _tc(rstd) * (dxhat - s1 - xhat * s2)
-    if gmean is not None:
-        term = (_tc(gmean) / m).expand_as(x4)
-        dx = term if dx is None else dx + term
-    if grstd is not None:
-        term = -_tc(grstd * rstd * rstd / m) * xhat
-        dx = term if dx is None else dx + term
-    return dx, dweight, dbias, dgamma, dbeta

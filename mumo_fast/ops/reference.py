@@ -11,19 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ACTIVATIONS = ("none", "relu", "tanh", "sigmoid")
-
-
-def activate(u: Tensor, activation: str) -> Tensor:
-    if activation == "none":
-        return u
-    if activation == "relu":
-        return torch.relu(u)
-    if activation == "tanh":
-        return torch.tanh(u)
-    if activation == "sigmoid":
-        return torch.sigmoid(u)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+from .activations import activate
 
 
 def per_channel(v: Tensor | None, ndim: int) -> Tensor | None:

@@ -5,7 +5,7 @@ implements with fused kernels.  Raw ops are forward-only computations on
 validated tensors (no autograd of their own; the autograd Functions in
 ``mumo_fast.ops.functions`` call them under no-grad).  Conventions:
 
-* ``act`` is one of ``"none" | "relu" | "tanh" | "sigmoid"``.
+* ``act`` is one of ``mumo_fast.ops.activations.ACTIVATIONS``.
 * Per-channel vectors (bias, gamma, beta, bn weight/bias) arrive as contiguous
   ``[T, C]`` tensors (shared ones already expanded) or ``None``.
 * "4-D epilogue layout": a pre-FiLM tensor ``z`` is viewed as ``[T, N, C, S]``
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import reference as ref
+from ..activations import activation_grad_from_output
 
 
 def linear_fwd(x, weight, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
@@ -47,17 +48,6 @@ def conv_fwd(x, weight, bias, gamma, beta, stride, padding, act: str) -> tuple[T
     return ref.film_epilogue(z, gamma, beta, act), z
 
 
-def activation_grad_from_output(y: Tensor, act: str) -> Tensor | None:
-    """d act(u) / du written as a function of y = act(u); None means 1."""
-    if act == "none":
-        return None
-    if act == "relu":
-        return (y > 0).to(y.dtype)
-    if act == "tanh":
-        return 1 - y * y
-    return y * (1 - y)
-
-
 def epilogue_bwd(gy, y, z, gamma, act: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Backward of y = act(z*gamma + beta) in the 4-D layout [T,N,C,S].
 
@@ -73,29 +63,39 @@ def epilogue_bwd(gy, y, z, gamma, act: str) -> tuple[Tensor, Tensor, Tensor, Ten
     return dz, dgamma, dbeta, dbias
 
 
-def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str) -> tuple[Tensor, Tensor, Tensor]:
-    """x [T,N,C,S] -> (y [T,N,C,S], mean [T,C], rstd [T,C]) with batch statistics over N, S."""
-    mean = x.mean(dim=(1, 3))
-    var = x.var(dim=(1, 3), unbiased=False)
-    rstd = torch.rsqrt(var + eps)
-    z = (x - mean[:, None, :, None]) * rstd[:, None, :, None]
-    if weight is not None:
-        z = z * weight[:, None, :, None]
-    if bias is not None:
-        z = z + bias[:, None, :, None]
-    return ref.film_epilogue(z, gamma, beta, act), mean, rstd
+def normalize(x, mean, rstd):
+    """(x - mean) * rstd for x [T,N,C,S] and per-task statistics [T,C]."""
+    return (x - mean[:, None, :, None]) * rstd[:, None, :, None]
 
 
-def bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act: str):
-    """First-order backward of bn_fwd. Returns (dx, dweight, dbias, dgamma, dbeta), each
-    reduction [T,C]; dx [T,N,C,S]."""
-    xhat = (x - mean[:, None, :, None]) * rstd[:, None, :, None]
+def affine(xhat, weight, bias):
+    """xhat * weight + bias (each [T,C] or None) over [T,N,C,S]: batch norm's pre-FiLM z."""
     z = xhat
     if weight is not None:
         z = z * weight[:, None, :, None]
     if bias is not None:
         z = z + bias[:, None, :, None]
-    dz, dgamma, dbeta, dbias = epilogue_bwd(gy, y, z, gamma, act)
+    return z
+
+
+def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str) -> tuple[Tensor, Tensor, Tensor]:
+    """x [T,N,C,S] -> (y [T,N,C,S], mean [T,C], rstd [T,C]) with batch statistics over N, S."""
+    mean = x.mean(dim=(1, 3))
+    var = x.var(dim=(1, 3), unbiased=False)
+    rstd = torch.rsqrt(var + eps)
+    z = affine(normalize(x, mean, rstd), weight, bias)
+    return ref.film_epilogue(z, gamma, beta, act), mean, rstd
+
+
+def bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act: str, epilogue_bwd=epilogue_bwd):
+    """Backward of bn_fwd from the gradient of y (mean and rstd taken as functions of x).
+    Returns (dx, dweight, dbias, dgamma, dbeta), each reduction [T,C]; dx [T,N,C,S].
+
+    Written in torch ops around ``epilogue_bwd`` (the FiLM epilogue's backward, this
+    module's by default); given a differentiable one, the result is differentiable too,
+    which is how the ops' batch-norm Function builds its double backward."""
+    xhat = normalize(x, mean, rstd)
+    dz, dgamma, dbeta, dbias = epilogue_bwd(gy, y, affine(xhat, weight, bias), gamma, act)
     dweight = (dz * xhat).sum(dim=(1, 3))
     dxhat = dz if weight is None else dz * weight[:, None, :, None]
     m = x.shape[1] * x.shape[3]
@@ -103,6 +103,19 @@ def bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act: str):
     s2 = (dxhat * xhat).sum(dim=(1, 3), keepdim=True) / m
     dx = rstd[:, None, :, None] * (dxhat - s1 - xhat * s2)
     return dx, dweight, dbias, dgamma, dbeta
+
+
+def bn_stats_input_grad(gmean, grstd, x, mean, rstd) -> Tensor | None:
+    """The gradient reaching x [T,N,C,S] through the statistics bn_fwd returns, from
+    gmean and grstd ([T,C] or None; None when both are)."""
+    m = x.shape[1] * x.shape[3]
+    dx = None
+    if gmean is not None:
+        dx = (gmean[:, None, :, None] / m).expand_as(x)
+    if grstd is not None:
+        term = -(grstd * rstd * rstd / m)[:, None, :, None] * normalize(x, mean, rstd)
+        dx = term if dx is None else dx + term
+    return dx
 
 
 def linear_sgd(weight, bias, d, a, lr, clamp) -> tuple[Tensor, Tensor | None]:

@@ -1,0 +1,47 @@
+"""The private torch internals the ops rely on, each behind one function.
+
+PyTorch offers no public query for "is a torch.func transform or a forward-mode level
+active here", and its ``autograd.Function.apply`` binds every call's arguments with
+``inspect.signature`` (about a third of an op call's Python overhead). The functions below
+are the only places in mumo_fast that touch the private names involved;
+``tests/test_torch_internals.py`` checks each against the public behaviour it stands for,
+so a torch release that changes one fails there by name.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as _fwad
+from torch import Tensor
+from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
+from torch.autograd import Function
+
+
+def forward_ad_level() -> int:
+    """The innermost open ``torch.autograd.forward_ad.dual_level``, -1 where none is open."""
+    return _fwad._current_level
+
+
+def functorch_transforms_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, vjp, jvp, jacrev, ...) is active."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def functorch_jvp_depth() -> int:
+    """How many torch.func forward-mode transforms (``jvp``, ``jacfwd``) are open."""
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return sum(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+
+
+def is_view(t: Tensor) -> bool:
+    """Whether ``t`` is a view of another tensor's storage."""
+    return t._is_view()
+
+
+def apply_unbound(cls: type[Function], args: tuple):
+    """``cls.apply(*args)`` for a Function called with all its arguments positionally and
+    no torch.func transform active (check :func:`functorch_transforms_active` first): what
+    ``Function.apply`` does in that case, without its per-call argument binding."""
+    return super(Function, cls).apply(*_unwrap_dead_wrappers(args))
