@@ -176,6 +176,48 @@ def test_trpo_meta_update_keeps_the_kl_bound_and_improves_the_surrogate(method):
     assert ("return_pre" in stats) == (method == "mumomaml")
 
 
+def test_modulated_objective_adds_the_modulated_policys_own_policy_gradient():
+    """With weight w the TRPO objective's gradient is the adapted policy's plus w times the
+    REINFORCE gradient of the modulated, unadapted policy on the first adaptation batch
+    (which it sampled), over every parameter; the KL is the mean over the two batches."""
+    goals = sample_goals(3, torch.Generator().manual_seed(5))
+    batch = NavigationBatch(goals, 13)
+
+    def grads(weight: float):
+        learner = _learner("mumomaml", modulated_objective=weight)
+        loss_and_kl, a = learner.outer_objective(batch)
+        loss, kl = loss_and_kl()
+        assert abs(float(kl.detach())) < 1e-12  # at the sampling parameters
+        params = list(learner.parameters())
+        return torch.autograd.grad(loss, params, allow_unused=True), learner, a, params
+
+    g0, _, _, _ = grads(0.0)
+    g2, learner, a, params = grads(2.0)
+    traj = a.batches[0]
+    t = goals.shape[0]
+    obs = traj.observations.reshape(t, -1, 2)
+    mean = learner.mean_action(learner.initial_weights(t), obs, learner.film(a.pre))
+    log_probs = rl.gaussian_log_prob(traj.actions.reshape(t, -1, 2), mean, learner.log_std)
+    pg = rl.reinforce_loss(
+        log_probs, learner.advantages(traj).reshape(t, -1), traj.mask.reshape(t, -1)
+    ).mean()
+    want = torch.autograd.grad(pg, params, allow_unused=True)
+    for p, x0, x2, w in zip(params, g0, g2, want):
+        z = torch.zeros_like(p)
+        x0, x2, w = (z if v is None else v for v in (x0, x2, w))
+        _close(x2, x0 + 2 * w, rtol=1e-9, atol=1e-12)
+    assert any(float(v.abs().max()) > 0 for v in want if v is not None)
+
+
+def test_modulated_objective_is_refused_for_maml_and_checked():
+    with pytest.raises(ValueError, match="modulated_objective.*maml"):
+        NavigationLearner({"method": "maml", "modulated_objective": 1.0})
+    with pytest.raises(ValueError, match="modulated_objective.*>= 0"):
+        NavigationLearner({"method": "mumomaml", "modulated_objective": -1})
+    assert NavigationLearner({"method": "mumomaml"}).config["modulated_objective"] == 1.0
+    assert NavigationLearner({"method": "maml"}).config["modulated_objective"] == 0.0
+
+
 @pytest.mark.parametrize("method", ["maml", "mumomaml"])
 def test_agent_adapts_on_the_gymnasium_env_and_acts(method):
     learner = _learner(method, dtype=torch.float32).eval()

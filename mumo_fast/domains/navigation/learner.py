@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "modulation_hidden": 32,  # None: one linear layer per modulated layer
     "inner_lr": 0.01,
     "inner_steps": 1,
+    "modulated_objective": 0.0,
     "discount": 0.99,
     "gae_lambda": 1.0,
     "first_order": False,
@@ -76,10 +77,12 @@ DEFAULTS: dict[str, Any] = {
     "backend": None,
 }
 
-# The paper's settings: the two methods' own inner learning rates and discounts
+# The paper's settings: the two methods' own inner learning rates and discounts; MuMoMAML
+# also trains its modulated policy on its own batch (``modulated_objective``, see
+# ``NavigationLearner.outer_objective``)
 METHOD_DEFAULTS = {
-    "mumomaml": {"inner_lr": 0.01, "discount": 0.99},
-    "maml": {"inner_lr": 0.03, "discount": 0.95},
+    "mumomaml": {"inner_lr": 0.01, "discount": 0.99, "modulated_objective": 1.0},
+    "maml": {"inner_lr": 0.03, "discount": 0.95, "modulated_objective": 0.0},
 }
 
 
@@ -103,6 +106,14 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise ValueError(f"config[{key!r}] must be a positive number, got {v!r}")
+    w = out["modulated_objective"]
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+        raise ValueError(f"config['modulated_objective'] must be a number >= 0, got {w!r}")
+    if method == "maml" and w != 0:
+        raise ValueError(
+            "config['modulated_objective'] must be 0 for method 'maml' (no modulation: the "
+            f"term would train the unadapted policy instead), got {w!r}"
+        )
     out["hidden_sizes"] = list(out["hidden_sizes"])
     return out
 
@@ -302,34 +313,59 @@ class NavigationLearner(nn.Module):
         current parameters and with the graph, the modulation, the inner steps on the
         adaptation trajectories and the adapted policy on the validation trajectories, and
         returns TRPO's surrogate (mean over tasks of the importance-sampling loss) and the
-        mean KL between the sampling policy and that adapted policy (0 before any update)."""
+        mean KL between the sampling policy and that adapted policy (0 before any update).
+
+        With ``modulated_objective`` ``w > 0`` (MuMoMAML's default, 1), the surrogate also
+        holds ``w`` times the modulated, unadapted policy's surrogate on the first adaptation
+        batch (sampled with that very policy, so an on-policy estimate of its return's
+        gradient), and the KL is averaged over both batches' states.  Without it only the
+        adapted policy is trained, and the modulation learns to steer the inner gradient
+        step (FiLM scales both the gradient and its effect) rather than to act well by
+        itself: the modulated policy's return stays at the unmodulated one's."""
         cfg = self._config
         gen = torch.Generator(device=batch.goals.device).manual_seed(batch.seed)
         a, _ = self.run_adaptation(batch.goals, cfg["inner_steps"], gen)
         train_batches = a.batches[:-1]
         train_adv = [self.advantages(tr) for tr in train_batches]
-        valid = a.batches[-1]
         t = batch.goals.shape[0]
         dtype = self.log_std.dtype
-        obs = valid.observations.reshape(t, -1, 2).to(dtype)
-        actions = valid.actions.reshape(t, -1, 2).to(dtype)
-        mask = valid.mask.reshape(t, -1).to(dtype)
-        adv = self.advantages(valid).reshape(t, -1).to(dtype)
-        with torch.no_grad():
-            old_mean = self.mean_action(a.fast_weights[-1], obs, a.film)
-            old_log_std = self.log_std.detach().clone()
-            old_log_probs = rl.gaussian_log_prob(actions, old_mean, old_log_std)
+        weight = cfg["modulated_objective"] if a.film is not None else 0.0
 
-        def loss_and_kl() -> tuple[Tensor, Tensor]:
-            film = self.film(a.pre)
-            fw = self.initial_weights(t)
-            for tr, ad in zip(train_batches, train_adv):
-                fw = self.adapt_step(fw, film, tr, ad, not cfg["first_order"])
+        def surrogate_terms(traj: Trajectories, adv: Tensor, fw: FastWeights):
+            """The batch flattened per task, its advantages and the sampling policy's mean
+            action and log-probabilities (constants of the surrogate)."""
+            obs = traj.observations.reshape(t, -1, 2).to(dtype)
+            actions = traj.actions.reshape(t, -1, 2).to(dtype)
+            mask = traj.mask.reshape(t, -1).to(dtype)
+            with torch.no_grad():
+                old_mean = self.mean_action(fw, obs, a.film)
+                old_log_probs = rl.gaussian_log_prob(actions, old_mean, self.log_std)
+            return obs, actions, mask, adv.reshape(t, -1).to(dtype), old_mean, old_log_probs
+
+        old_log_std = self.log_std.detach().clone()
+        valid = surrogate_terms(a.batches[-1], self.advantages(a.batches[-1]), a.fast_weights[-1])
+        modulated = (
+            surrogate_terms(train_batches[0], train_adv[0], a.fast_weights[0]) if weight else None
+        )
+
+        def loss_and_kl_of(fw: FastWeights, film, terms) -> tuple[Tensor, Tensor]:
+            obs, actions, mask, adv, old_mean, old_log_probs = terms
             mean = self.mean_action(fw, obs, film)
             log_probs = rl.gaussian_log_prob(actions, mean, self.log_std)
             loss = rl.importance_sampling_loss(log_probs, old_log_probs, adv, mask).mean()
             kl = rl.gaussian_kl(old_mean, old_log_std, mean, self.log_std)
             return loss, rl.masked_mean_per_task(kl, mask).mean()
+
+        def loss_and_kl() -> tuple[Tensor, Tensor]:
+            film = self.film(a.pre)
+            fw = initial = self.initial_weights(t)
+            for tr, ad in zip(train_batches, train_adv):
+                fw = self.adapt_step(fw, film, tr, ad, not cfg["first_order"])
+            loss, kl = loss_and_kl_of(fw, film, valid)
+            if modulated is not None:
+                mod_loss, mod_kl = loss_and_kl_of(initial, film, modulated)
+                loss, kl = loss + weight * mod_loss, (kl + mod_kl) / 2
+            return loss, kl
 
         return loss_and_kl, a
 

@@ -46,6 +46,9 @@ TEST_GOALS = 100
 EVAL_STEPS = 3
 
 
+LEARNER_OPTIONS = ("trajectories", "horizon", "inner_lr", "discount", "modulated_objective")
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, help="default: mumomaml")
     p.add_argument("--iterations", type=int, help="meta-iterations (default 500)")
@@ -58,6 +61,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--discount", type=float, help="default: MuMoMAML 0.99, MAML 0.95")
     p.add_argument(
+        "--modulated-objective", type=float, metavar="W",
+        help="MuMoMAML: weight of the modulated, unadapted policy's own surrogate in the "
+        "TRPO objective (default 1; 0: the adapted policy's alone, as the paper's Alg. 1)",
+    )  # fmt: skip
+    p.add_argument(
         "--squared-reward", action="store_true",
         help="reward minus the squared distance (the paper's appendix) instead of the distance",
     )  # fmt: skip
@@ -68,7 +76,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _learner_config(args: argparse.Namespace, method: str) -> dict[str, Any]:
     cfg: dict[str, Any] = {"method": method, **METHOD_DEFAULTS[method]}
-    for key in ("trajectories", "horizon", "inner_lr", "discount"):
+    for key in LEARNER_OPTIONS:
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     if args.squared_reward:
@@ -83,7 +91,7 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         check_unchanged(run["data"], {"tasks": args.tasks})
         check_unchanged(
             run["learner"],
-            {k: getattr(args, k) for k in ("trajectories", "horizon", "inner_lr", "discount")},
+            {k: getattr(args, k) for k in LEARNER_OPTIONS},
         )
         check_unchanged(run["eval"], {"test_goals": args.test_goals})
     else:
