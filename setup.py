@@ -51,9 +51,8 @@ except ImportError:
 # csrc/ ships inside the package as mumo_fast/csrc so that an installed copy can still
 # JIT-compile the extension (mumo_fast/ops/backends/cpp_build.py looks in both places).
 setup(
-    packages=find_packages(include=["mumo_fast", "mumo_fast.*"])
-    + ["mumo_fast.kernels", "mumo_fast.csrc"],
-    package_dir={"mumo_fast.kernels": "kernels", "mumo_fast.csrc": "csrc"},
+    packages=find_packages(include=["mumo_fast", "mumo_fast.*"]) + ["mumo_fast.csrc"],
+    package_dir={"mumo_fast.csrc": "csrc"},
     package_data={"mumo_fast.csrc": ["*.cpp", "*.h"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

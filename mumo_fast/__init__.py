@@ -1,18 +1,6 @@
 """mumo_fast: fast multimodal model-agnostic meta-learning (MuMoMAML) for PyTorch."""
 
-import os as _os
-
 __version__ = "0.1.0"
-
-# In a source checkout (editable install, or `python -c` / pytest from the repository
-# root) the Triton kernels live in the top-level `kernels/` folder; make them importable
-# as `mumo_fast.kernels`, as a regular install maps them (setup.py package_dir).
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")) and not _os.path.isdir(
-    _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "kernels")
-):
-    __path__.append(_root)  # noqa: F821  (package __path__)
-
 
 # Subpackages reachable as attributes (`mumo_fast.ops.film_linear(...)` after `import
 # mumo_fast`), imported on first access (PEP 562): `import mumo_fast` itself imports no torch.

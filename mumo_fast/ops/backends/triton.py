@@ -5,7 +5,7 @@ with a fake (meta) implementation and a vmap rule, and no autograd of its own: t
 autograd Functions in ``mumo_fast.ops.functions`` differentiate them.
 The vmap rule calls the op once per vmapped index.
 
-Kernels live in ``kernels/`` (``mumo_fast.kernels``): ``linear`` (batched GEMM over the
+Kernels live in ``mumo_fast.kernels``: ``linear`` (batched GEMM over the
 task axis + FiLM epilogue), ``lowrank`` (shared GEMM + rank-R correction + epilogue),
 ``epilogue`` (epilogue backward reductions; conv epilogue), ``norm`` (batch norm
 statistics/apply and backward), ``conv`` (vendor conv + fused epilogue), ``update``
@@ -15,12 +15,10 @@ Available when triton imports and either CUDA is available or ``TRITON_INTERPRET
 (kernels then run on CPU tensors through Triton's interpreter).
 """
 
-# typing.Optional/List/Tuple on purpose: torch.library.custom_op infers op schemas from them on
-# every torch >= 2.4 (PEP 604 unions are not understood by the older ones).
-# ruff: noqa: UP006, UP035, UP045
+# No ``from __future__ import annotations``: torch.library.custom_op infers each op's schema
+# from its annotations at run time.
 
 import os
-from typing import List, Optional, Tuple
 
 import torch
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
@@ -32,6 +30,7 @@ from ...kernels import linear as _linear
 from ...kernels import lowrank as _lowrank
 from ...kernels import norm as _norm
 from ...kernels import update as _update
+from .. import _torch_internals as _internals
 from . import eager
 
 _NS = "mumo_fast_triton"
@@ -67,8 +66,7 @@ def _vmap_loop(op, n_out):
 
 def _register(op, fake, n_out):
     op.register_fake(fake)
-    if hasattr(torch.library, "register_vmap"):
-        torch.library.register_vmap(op, _vmap_loop(op, n_out))
+    torch.library.register_vmap(op, _vmap_loop(op, n_out))
     return op
 
 
@@ -79,11 +77,11 @@ def _register(op, fake, n_out):
 def _linear_fwd_op(
     x: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
+    bias: Tensor | None,
+    gamma: Tensor | None,
+    beta: Tensor | None,
     act: str,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     return _linear.film_linear_fwd(x, weight, bias, gamma, beta, act)
 
 
@@ -102,11 +100,11 @@ def _linear_lowrank_fwd_op(
     weight: Tensor,
     u: Tensor,
     v: Tensor,
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
+    bias: Tensor | None,
+    gamma: Tensor | None,
+    beta: Tensor | None,
     act: str,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     return _lowrank.film_linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act)
 
 
@@ -126,13 +124,13 @@ _register(_linear_lowrank_fwd_op, _lowrank_fake, 2)
 def _conv_fwd_op(
     x: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
-    stride: List[int],
-    padding: List[int],
+    bias: Tensor | None,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    stride: list[int],
+    padding: list[int],
     act: str,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     return _conv.film_conv2d_fwd(x, weight, bias, gamma, beta, stride, padding, act)
 
 
@@ -152,8 +150,8 @@ _register(_conv_fwd_op, _conv_fake, 2)
 
 @torch.library.custom_op(f"{_NS}::epilogue_bwd", mutates_args=())
 def _epilogue_bwd_op(
-    gy: Tensor, y: Tensor, z: Tensor, gamma: Optional[Tensor], act: str
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    gy: Tensor, y: Tensor, z: Tensor, gamma: Tensor | None, act: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _epilogue.film_epilogue_bwd(gy, y, z, gamma, act)
 
 
@@ -171,13 +169,13 @@ _register(_epilogue_bwd_op, _epilogue_bwd_fake, 4)
 @torch.library.custom_op(f"{_NS}::bn_fwd", mutates_args=())
 def _bn_fwd_op(
     x: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
-    beta: Optional[Tensor],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    gamma: Tensor | None,
+    beta: Tensor | None,
     eps: float,
     act: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     return _norm.bn_fwd(x, weight, bias, gamma, beta, eps, act)
 
 
@@ -196,11 +194,11 @@ def _bn_bwd_op(
     y: Tensor,
     mean: Tensor,
     rstd: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    gamma: Optional[Tensor],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    gamma: Tensor | None,
     act: str,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _norm.bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act)
 
 
@@ -226,8 +224,8 @@ def _eager_update(params, grads, lr, clamp):
 
 @torch.library.custom_op(f"{_NS}::clamped_sgd", mutates_args=())
 def _clamped_sgd_op(
-    params: List[Tensor], grads: List[Tensor], lr: Tensor, clamp: Optional[float]
-) -> List[Tensor]:
+    params: list[Tensor], grads: list[Tensor], lr: Tensor, clamp: float | None
+) -> list[Tensor]:
     """params[i] - lr[i] * clamp(grads[i], -clamp, clamp), one launch per 8 tensors."""
     return _update_launch(params, grads, lr, clamp)
 
@@ -248,13 +246,6 @@ _register(_clamped_sgd_op, _update_fake, None)
 # --- the raw ops as called by the autograd Functions ----------------------------------
 
 
-def _compiling() -> bool:
-    fn = getattr(torch.compiler, "is_compiling", None)
-    if fn is None:  # torch < 2.3
-        return torch._dynamo.is_compiling()
-    return fn()
-
-
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -262,10 +253,7 @@ def _direct(args) -> bool:
     """True when a raw op may launch its kernel without the custom-op dispatch (saving its
     Python overhead): plain tensors, no torch.func transform, not under torch.compile.
     Anything else (vmap, grad, fake tensors, tracing) goes through the custom op."""
-    try:
-        if _compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
-            return False
-    except Exception:
+    if torch.compiler.is_compiling() or _internals.functorch_transforms_active():
         return False
     for a in args:
         items = a if isinstance(a, (list, tuple)) else (a,)
@@ -275,7 +263,10 @@ def _direct(args) -> bool:
     return True
 
 
-def _raw(op, launcher, name):
+def _direct_or_custom_op(op, launcher, name):
+    """The raw op ``name``: ``launcher`` called directly where :func:`_direct` allows it,
+    else the custom op ``op``."""
+
     def raw(*args):
         if _direct(args):
             return launcher(*args)
@@ -287,15 +278,15 @@ def _raw(op, launcher, name):
     return raw
 
 
-linear_fwd = _raw(_linear_fwd_op, _linear.film_linear_fwd, "linear_fwd")
-linear_lowrank_fwd = _raw(
+linear_fwd = _direct_or_custom_op(_linear_fwd_op, _linear.film_linear_fwd, "linear_fwd")
+linear_lowrank_fwd = _direct_or_custom_op(
     _linear_lowrank_fwd_op, _lowrank.film_linear_lowrank_fwd, "linear_lowrank_fwd"
 )
-conv_fwd = _raw(_conv_fwd_op, _conv.film_conv2d_fwd, "conv_fwd")
-epilogue_bwd = _raw(_epilogue_bwd_op, _epilogue.film_epilogue_bwd, "epilogue_bwd")
-bn_fwd = _raw(_bn_fwd_op, _norm.bn_fwd, "bn_fwd")
-bn_bwd = _raw(_bn_bwd_op, _norm.bn_bwd, "bn_bwd")
-clamped_sgd_raw = _raw(_clamped_sgd_op, _update_launch, "clamped_sgd_raw")
+conv_fwd = _direct_or_custom_op(_conv_fwd_op, _conv.film_conv2d_fwd, "conv_fwd")
+epilogue_bwd = _direct_or_custom_op(_epilogue_bwd_op, _epilogue.film_epilogue_bwd, "epilogue_bwd")
+bn_fwd = _direct_or_custom_op(_bn_fwd_op, _norm.bn_fwd, "bn_fwd")
+bn_bwd = _direct_or_custom_op(_bn_bwd_op, _norm.bn_bwd, "bn_bwd")
+clamped_sgd_raw = _direct_or_custom_op(_clamped_sgd_op, _update_launch, "clamped_sgd_raw")
 
 
 class ClampedSGDFunction(torch.autograd.Function):

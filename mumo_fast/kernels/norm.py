@@ -10,13 +10,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.activations import activation_code
 from . import _common
-from ._common import activate, activation_grad_from_output
+from ._common import ACT_NONE, activate, activation_grad_from_output, slice_tile
 from .epilogue import reduce_blocks
 
 
 @triton.jit
-def _load_tc(
+def _load_channels(
     ptr, t, C, offs_c, mask_c, FLAG: tl.constexpr, DEFAULT: tl.constexpr, DTYPE: tl.constexpr
 ):
     if FLAG:
@@ -71,23 +72,16 @@ def bn_fwd_kernel(
     t = tl.program_id(1).to(tl.int64)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    ar_n = tl.arange(0, BLOCK_N)
-    ar_s = tl.arange(0, BLOCK_S)
     base = t * N * C * S
     shift = tl.load(x_ptr + base + offs_c * S, mask=mask_c, other=0.0).to(ACC_DTYPE)
     acc1 = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), dtype=ACC_DTYPE)
     acc2 = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), dtype=ACC_DTYPE)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + ar_n
-        mask_nc = (offs_n < N)[:, None, None] & mask_c[None, :, None]
-        row = base + offs_n[:, None, None] * (C * S) + offs_c[None, :, None] * S
-        for s0 in range(0, S, BLOCK_S):
-            offs_s = s0 + ar_s
-            mask = mask_nc & (offs_s < S)[None, None, :]
-            x = tl.load(x_ptr + row + offs_s[None, None, :], mask=mask, other=0.0)
-            d = tl.where(mask, x.to(ACC_DTYPE) - shift[None, :, None], 0.0)
-            acc1 += d
-            acc2 += d * d
+    for it in range(0, tl.cdiv(N, BLOCK_N) * tl.cdiv(S, BLOCK_S)):
+        idx, mask = slice_tile(base, it, N, C, S, offs_c, mask_c, BLOCK_N, BLOCK_S)
+        x = tl.load(x_ptr + idx, mask=mask, other=0.0)
+        d = tl.where(mask, x.to(ACC_DTYPE) - shift[None, :, None], 0.0)
+        acc1 += d
+        acc2 += d * d
     m = N * S
     s1 = tl.sum(tl.sum(acc1, axis=2), axis=0) / m
     s2 = tl.sum(tl.sum(acc2, axis=2), axis=0) / m
@@ -98,26 +92,20 @@ def bn_fwd_kernel(
     vec = t * C + offs_c
     tl.store(mean_ptr + vec, mean.to(mean_ptr.dtype.element_ty), mask=mask_c)
     tl.store(rstd_ptr + vec, rstd.to(rstd_ptr.dtype.element_ty), mask=mask_c)
-    w = _load_tc(w_ptr, t, C, offs_c, mask_c, HAS_W, 1.0, ACC_DTYPE)
-    b = _load_tc(b_ptr, t, C, offs_c, mask_c, HAS_B, 0.0, ACC_DTYPE)
-    g = _load_tc(gamma_ptr, t, C, offs_c, mask_c, HAS_GAMMA, 1.0, ACC_DTYPE)
-    be = _load_tc(beta_ptr, t, C, offs_c, mask_c, HAS_BETA, 0.0, ACC_DTYPE)
+    w = _load_channels(w_ptr, t, C, offs_c, mask_c, HAS_W, 1.0, ACC_DTYPE)
+    b = _load_channels(b_ptr, t, C, offs_c, mask_c, HAS_B, 0.0, ACC_DTYPE)
+    g = _load_channels(gamma_ptr, t, C, offs_c, mask_c, HAS_GAMMA, 1.0, ACC_DTYPE)
+    be = _load_channels(beta_ptr, t, C, offs_c, mask_c, HAS_BETA, 0.0, ACC_DTYPE)
     # y = act(xhat * scale + offset) with scale = w*g, offset = b*g + be
     scale = (w * g)[None, :, None]
     offset = (b * g + be)[None, :, None]
     mean3 = mean[None, :, None]
     rstd3 = rstd[None, :, None]
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + ar_n
-        mask_nc = (offs_n < N)[:, None, None] & mask_c[None, :, None]
-        row = base + offs_n[:, None, None] * (C * S) + offs_c[None, :, None] * S
-        for s0 in range(0, S, BLOCK_S):
-            offs_s = s0 + ar_s
-            mask = mask_nc & (offs_s < S)[None, None, :]
-            idx = row + offs_s[None, None, :]
-            x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-            y = activate((x - mean3) * rstd3 * scale + offset, ACT)
-            tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=mask)
+    for it in range(0, tl.cdiv(N, BLOCK_N) * tl.cdiv(S, BLOCK_S)):
+        idx, mask = slice_tile(base, it, N, C, S, offs_c, mask_c, BLOCK_N, BLOCK_S)
+        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+        y = activate((x - mean3) * rstd3 * scale + offset, ACT)
+        tl.store(y_ptr + idx, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -166,32 +154,24 @@ def bn_bwd_kernel(
     t = tl.program_id(1).to(tl.int64)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    ar_n = tl.arange(0, BLOCK_N)
-    ar_s = tl.arange(0, BLOCK_S)
     base = t * N * C * S
     vec = t * C + offs_c
     mean = tl.load(mean_ptr + vec, mask=mask_c, other=0.0).to(ACC_DTYPE)[None, :, None]
     rstd = tl.load(rstd_ptr + vec, mask=mask_c, other=0.0).to(ACC_DTYPE)[None, :, None]
-    w = _load_tc(w_ptr, t, C, offs_c, mask_c, HAS_W, 1.0, ACC_DTYPE)
-    b = _load_tc(b_ptr, t, C, offs_c, mask_c, HAS_B, 0.0, ACC_DTYPE)
-    g = _load_tc(gamma_ptr, t, C, offs_c, mask_c, HAS_GAMMA, 1.0, ACC_DTYPE)
+    w = _load_channels(w_ptr, t, C, offs_c, mask_c, HAS_W, 1.0, ACC_DTYPE)
+    b = _load_channels(b_ptr, t, C, offs_c, mask_c, HAS_B, 0.0, ACC_DTYPE)
+    g = _load_channels(gamma_ptr, t, C, offs_c, mask_c, HAS_GAMMA, 1.0, ACC_DTYPE)
     acc_du = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), dtype=ACC_DTYPE)
     acc_dux = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), dtype=ACC_DTYPE)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + ar_n
-        mask_nc = (offs_n < N)[:, None, None] & mask_c[None, :, None]
-        row = base + offs_n[:, None, None] * (C * S) + offs_c[None, :, None] * S
-        for s0 in range(0, S, BLOCK_S):
-            offs_s = s0 + ar_s
-            mask = mask_nc & (offs_s < S)[None, None, :]
-            idx = row + offs_s[None, None, :]
-            du = tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-            if ACT != 0:
-                y = tl.load(y_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-                du = du * activation_grad_from_output(y, ACT)
-            x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-            acc_du += du
-            acc_dux += du * ((x - mean) * rstd)
+    for it in range(0, tl.cdiv(N, BLOCK_N) * tl.cdiv(S, BLOCK_S)):
+        idx, mask = slice_tile(base, it, N, C, S, offs_c, mask_c, BLOCK_N, BLOCK_S)
+        du = tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+        if ACT != ACT_NONE:
+            y = tl.load(y_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+            du = du * activation_grad_from_output(y, ACT)
+        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+        acc_du += du
+        acc_dux += du * ((x - mean) * rstd)
     sum_du = tl.sum(tl.sum(acc_du, axis=2), axis=0)
     sum_dux = tl.sum(tl.sum(acc_dux, axis=2), axis=0)
     # z = xhat*w + b  =>  sum du*z = w*sum(du*xhat) + b*sum(du)
@@ -207,22 +187,16 @@ def bn_bwd_kernel(
     gw = (g * w)[None, :, None]
     mean_dxhat = (g * w * sum_du / m)[None, :, None]
     mean_dxhat_xhat = (g * w * sum_dux / m)[None, :, None]
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + ar_n
-        mask_nc = (offs_n < N)[:, None, None] & mask_c[None, :, None]
-        row = base + offs_n[:, None, None] * (C * S) + offs_c[None, :, None] * S
-        for s0 in range(0, S, BLOCK_S):
-            offs_s = s0 + ar_s
-            mask = mask_nc & (offs_s < S)[None, None, :]
-            idx = row + offs_s[None, None, :]
-            du = tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-            if ACT != 0:
-                y = tl.load(y_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-                du = du * activation_grad_from_output(y, ACT)
-            x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-            xhat = (x - mean) * rstd
-            dx = rstd * (du * gw - mean_dxhat - xhat * mean_dxhat_xhat)
-            tl.store(dx_ptr + idx, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    for it in range(0, tl.cdiv(N, BLOCK_N) * tl.cdiv(S, BLOCK_S)):
+        idx, mask = slice_tile(base, it, N, C, S, offs_c, mask_c, BLOCK_N, BLOCK_S)
+        du = tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+        if ACT != ACT_NONE:
+            y = tl.load(y_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+            du = du * activation_grad_from_output(y, ACT)
+        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+        xhat = (x - mean) * rstd
+        dx = rstd * (du * gw - mean_dxhat - xhat * mean_dxhat_xhat)
+        tl.store(dx_ptr + idx, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str):
@@ -249,7 +223,7 @@ def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str):
         HAS_B=bias is not None,
         HAS_GAMMA=gamma is not None,
         HAS_BETA=beta is not None,
-        ACT=_common.act_code(act),
+        ACT=activation_code(act),
         ACC_DTYPE=_common.acc_dtype(x.dtype),
         BLOCK_N=bn,
         BLOCK_C=bc,
@@ -285,7 +259,7 @@ def bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act: str):
         HAS_W=weight is not None,
         HAS_B=bias is not None,
         HAS_GAMMA=gamma is not None,
-        ACT=_common.act_code(act),
+        ACT=activation_code(act),
         ACC_DTYPE=_common.acc_dtype(x.dtype),
         BLOCK_N=bn,
         BLOCK_C=bc,

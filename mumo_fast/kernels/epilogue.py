@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.activations import activation_code
 from . import _common
-from ._common import activate, activation_grad_from_output
+from ._common import ACT_NONE, activation_grad_from_output, film, slice_tile
 
 
 @triton.jit
@@ -53,15 +54,11 @@ def film_epilogue_fwd_kernel(
     t = offs // NCS
     c = (offs // S) % C
     vec = t * C + c
+    z, y = film(
+        z, bias_ptr, gamma_ptr, beta_ptr, vec, mask, HAS_BIAS, HAS_GAMMA, HAS_BETA, ACT, ACC_DTYPE
+    )
     if HAS_BIAS:
-        z += tl.load(bias_ptr + vec, mask=mask, other=0.0).to(ACC_DTYPE)
         tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
-    u = z
-    if HAS_GAMMA:
-        u = u * tl.load(gamma_ptr + vec, mask=mask, other=0.0).to(ACC_DTYPE)
-    if HAS_BETA:
-        u = u + tl.load(beta_ptr + vec, mask=mask, other=0.0).to(ACC_DTYPE)
-    y = activate(u, ACT)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -103,8 +100,6 @@ def film_epilogue_bwd_kernel(
     t = tl.program_id(1).to(tl.int64)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    ar_n = tl.arange(0, BLOCK_N)
-    ar_s = tl.arange(0, BLOCK_S)
     if HAS_GAMMA:
         g = tl.load(gamma_ptr + t * C + offs_c, mask=mask_c, other=0.0).to(ACC_DTYPE)
     else:
@@ -112,25 +107,19 @@ def film_epilogue_bwd_kernel(
     acc_dg = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), dtype=ACC_DTYPE)
     acc_db = tl.zeros((BLOCK_N, BLOCK_C, BLOCK_S), dtype=ACC_DTYPE)
     base = t * N * C * S
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + ar_n
-        mask_nc = (offs_n < N)[:, None, None] & mask_c[None, :, None]
-        row = base + offs_n[:, None, None] * (C * S) + offs_c[None, :, None] * S
-        for s0 in range(0, S, BLOCK_S):
-            offs_s = s0 + ar_s
-            mask = mask_nc & (offs_s < S)[None, None, :]
-            idx = row + offs_s[None, None, :]
-            gy = tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-            z = tl.load(z_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-            if ACT == 0:
-                du = gy
-            else:
-                y = tl.load(y_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
-                du = gy * activation_grad_from_output(y, ACT)
-            dz = du * g[None, :, None]
-            tl.store(dz_ptr + idx, dz.to(dz_ptr.dtype.element_ty), mask=mask)
-            acc_dg += du * z
-            acc_db += du
+    for it in range(0, tl.cdiv(N, BLOCK_N) * tl.cdiv(S, BLOCK_S)):
+        idx, mask = slice_tile(base, it, N, C, S, offs_c, mask_c, BLOCK_N, BLOCK_S)
+        gy = tl.load(gy_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+        z = tl.load(z_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+        if ACT == ACT_NONE:
+            du = gy
+        else:
+            y = tl.load(y_ptr + idx, mask=mask, other=0.0).to(ACC_DTYPE)
+            du = gy * activation_grad_from_output(y, ACT)
+        dz = du * g[None, :, None]
+        tl.store(dz_ptr + idx, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+        acc_dg += du * z
+        acc_db += du
     dgamma = tl.sum(tl.sum(acc_dg, axis=2), axis=0)
     dbeta = tl.sum(tl.sum(acc_db, axis=2), axis=0)
     dbias = dbeta * g
@@ -177,7 +166,7 @@ def film_epilogue_fwd(z, bias, gamma, beta, act: str):
         HAS_BIAS=bias is not None,
         HAS_GAMMA=gamma is not None,
         HAS_BETA=beta is not None,
-        ACT=_common.act_code(act),
+        ACT=activation_code(act),
         ACC_DTYPE=_common.acc_dtype(z.dtype),
         BLOCK=block,
         num_warps=4,
@@ -204,7 +193,7 @@ def film_epilogue_bwd(gy, y, z, gamma, act: str):
         c,
         s,
         HAS_GAMMA=gamma is not None,
-        ACT=_common.act_code(act),
+        ACT=activation_code(act),
         ACC_DTYPE=_common.acc_dtype(gy.dtype),
         BLOCK_N=bn,
         BLOCK_C=bc,

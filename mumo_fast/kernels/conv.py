@@ -3,7 +3,7 @@
 Shared weights fold the tasks into the batch (``[T*N, C, H, W]``); per-task weights use
 the grouped layout (``[N, T*C, H, W]``, ``groups=T``).  The convolution runs without
 bias; one Triton pass then adds the bias in place (giving the pre-FiLM ``z``) and
-writes ``y = act(z*gamma + beta)`` (``kernels/epilogue.py``).  An implicit-GEMM conv
+writes ``y = act(z*gamma + beta)`` (``epilogue.py``).  An implicit-GEMM conv
 kernel is not provided: the vendor kernels are the faster choice at these shapes.
 """
 

@@ -10,8 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.activations import activation_code
 from . import _common
-from ._common import activate, mm_acc
+from ._common import film, mm_acc
 
 
 @triton.jit
@@ -95,16 +96,20 @@ def film_linear_fwd_kernel(
             other=0.0,
         )
         acc = mm_acc(acc, a, b, USE_DOT, INPUT_PRECISION)
-    z = acc
     vec = t * stride_vt + offs_n
-    if HAS_BIAS:
-        z += tl.load(bias_ptr + vec, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
-    u = z
-    if HAS_GAMMA:
-        u = u * tl.load(gamma_ptr + vec, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
-    if HAS_BETA:
-        u = u + tl.load(beta_ptr + vec, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
-    y = activate(u, ACT)
+    z, y = film(
+        acc,
+        bias_ptr,
+        gamma_ptr,
+        beta_ptr,
+        vec[None, :],
+        mask_n[None, :],
+        HAS_BIAS,
+        HAS_GAMMA,
+        HAS_BETA,
+        ACT,
+        ACC_DTYPE,
+    )
     out = t * stride_yt + offs_m[:, None] * stride_yn + offs_n[None, :] * stride_yo
     mask = mask_m[:, None] & mask_n[None, :]
     tl.store(z_ptr + out, z.to(z_ptr.dtype.element_ty), mask=mask)
@@ -164,7 +169,7 @@ def film_linear_fwd(x, weight, bias, gamma, beta, act: str):
         HAS_BIAS=bias is not None,
         HAS_GAMMA=gamma is not None,
         HAS_BETA=beta is not None,
-        ACT=_common.act_code(act),
+        ACT=activation_code(act),
         USE_DOT=dot,
         INPUT_PRECISION=_common.input_precision(),
         ACC_DTYPE=_common.acc_dtype(x.dtype),

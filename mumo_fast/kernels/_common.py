@@ -9,8 +9,12 @@ Settings (read once at import, changeable at run time through the module attribu
   environment variable ``MUMO_FAST_TF32=1`` or by setting ``mumo_fast.kernels._common.TF32
   = True``; results then differ from the reference by about 1e-3 relative.
 
-Activation codes (the ``ACT`` constexpr of every kernel): 0 none, 1 relu, 2 tanh,
-3 sigmoid.
+The ``ACT`` constexpr of every kernel is an activation's code in
+``mumo_fast.ops.activations.ACTIVATION_CODES``.
+
+The reductions over a task's [N, C, S] slice (epilogue backward, batch norm) walk it in
+[BLOCK_N, BLOCK_C, BLOCK_S] tiles through :func:`slice_tile`; the kernels that end in the
+FiLM epilogue apply it through :func:`film`.
 """
 
 import os
@@ -19,17 +23,16 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.activations import ACTIVATION_CODES
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 TF32 = os.environ.get("MUMO_FAST_TF32", "0") == "1"
 
-ACT_CODES = {"none": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
-
-
-def act_code(act: str) -> int:
-    try:
-        return ACT_CODES[act]
-    except KeyError:
-        raise ValueError(f"activation must be one of {tuple(ACT_CODES)}, got {act!r}") from None
+# the activation codes as Triton compile-time constants
+ACT_NONE = tl.constexpr(ACTIVATION_CODES["none"])
+ACT_RELU = tl.constexpr(ACTIVATION_CODES["relu"])
+ACT_TANH = tl.constexpr(ACTIVATION_CODES["tanh"])
+ACT_SIGMOID = tl.constexpr(ACTIVATION_CODES["sigmoid"])
 
 
 def acc_dtype(dtype: torch.dtype):
@@ -70,30 +73,72 @@ def clamp_pow2(n: int, lo: int, hi: int) -> int:
 
 @triton.jit
 def activate(u, ACT: tl.constexpr):
-    """act(u) for ACT in {0 none, 1 relu, 2 tanh, 3 sigmoid}, in u's dtype."""
-    if ACT == 1:
+    """act(u) for the activation code ACT, in u's dtype."""
+    if ACT == ACT_RELU:
         u = tl.where(u > 0, u, 0.0)
-    elif ACT == 2:
+    elif ACT == ACT_TANH:
         e = tl.exp(-2.0 * tl.abs(u))
         th = (1.0 - e) / (1.0 + e)
         u = tl.where(u >= 0, th, -th)
-    elif ACT == 3:
+    elif ACT == ACT_SIGMOID:
         u = 1.0 / (1.0 + tl.exp(-u))
     return u
 
 
 @triton.jit
 def activation_grad_from_output(y, ACT: tl.constexpr):
-    """d act(u)/du written as a function of y = act(u) (1 for ACT == 0)."""
-    if ACT == 0:
+    """d act(u)/du written as a function of y = act(u) (1 for no activation)."""
+    if ACT == ACT_NONE:
         d = tl.full(y.shape, 1.0, y.dtype)
-    elif ACT == 1:
+    elif ACT == ACT_RELU:
         d = tl.where(y > 0, 1.0, 0.0).to(y.dtype)
-    elif ACT == 2:
+    elif ACT == ACT_TANH:
         d = 1.0 - y * y
     else:
         d = y * (1.0 - y)
     return d
+
+
+@triton.jit
+def film(
+    z,
+    bias_ptr,
+    gamma_ptr,
+    beta_ptr,
+    vec,
+    mask,
+    HAS_BIAS: tl.constexpr,
+    HAS_GAMMA: tl.constexpr,
+    HAS_BETA: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):
+    """The FiLM epilogue: (z + bias, act((z + bias) * gamma + beta)) in ACC_DTYPE, the
+    per-channel vectors loaded at offsets ``vec`` where ``mask`` (both broadcastable
+    against z), each one only where its HAS_* is set."""
+    if HAS_BIAS:
+        z += tl.load(bias_ptr + vec, mask=mask, other=0.0).to(ACC_DTYPE)
+    u = z
+    if HAS_GAMMA:
+        u = u * tl.load(gamma_ptr + vec, mask=mask, other=0.0).to(ACC_DTYPE)
+    if HAS_BETA:
+        u = u + tl.load(beta_ptr + vec, mask=mask, other=0.0).to(ACC_DTYPE)
+    return z, activate(u, ACT)
+
+
+@triton.jit
+def slice_tile(base, it, N, C, S, offs_c, mask_c, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
+    """(offsets, mask) of tile ``it`` of one task's [N, C, S] slice of a contiguous
+    [T, N, C, S] tensor, the slice starting at element ``base``: the [BLOCK_N, len(offs_c),
+    BLOCK_S] block of rows, channels offs_c (valid where mask_c) and positions. Tiles run
+    over N in the outer order and S in the inner; a task's slice has
+    ``cdiv(N, BLOCK_N) * cdiv(S, BLOCK_S)`` of them."""
+    num_s = tl.cdiv(S, BLOCK_S)
+    offs_n = (it // num_s) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_s = (it % num_s) * BLOCK_S + tl.arange(0, BLOCK_S)
+    row = base + offs_n[:, None, None] * (C * S) + offs_c[None, :, None] * S
+    mask = (offs_n < N)[:, None, None] & mask_c[None, :, None] & (offs_s < S)[None, None, :]
+    return row + offs_s[None, None, :], mask
 
 
 @triton.jit
