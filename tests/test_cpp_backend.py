@@ -15,27 +15,17 @@ import torch
 from mumo_fast import ops
 from mumo_fast.ops import available_backends
 from mumo_fast.ops.backends import cpp, eager
-from ops_cases import missing_reason, required_backends
+from ops_cases import ACTIVATIONS, missing_reason, rand, required_backends, tol
 
 ROOT = Path(__file__).resolve().parents[1]
-ACTS = ("none", "relu", "tanh", "sigmoid")
 DTYPES = (torch.float32, torch.float64)
-TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-11, atol=1e-11)}
-
-
-def _rand(*shape, dtype=torch.float32):
-    return torch.randn(*shape, dtype=dtype)
-
-
-def _opt(flag, *shape, dtype):
-    return _rand(*shape, dtype=dtype) if flag else None
 
 
 def _close(got, want, dtype):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g.is_contiguous() and g.dtype == w.dtype
-        torch.testing.assert_close(g, w, **TOL[dtype])
+        torch.testing.assert_close(g, w, **tol(dtype))
 
 
 # tests that need no loaded extension
@@ -75,7 +65,7 @@ def _samples(dtype, requires_grad=False):
     out = []
     t, n, i, o = 3, 5, 7, 6
     for k, (hb, hg, hbe) in enumerate([(1, 1, 1), (0, 0, 0), (1, 0, 1), (0, 1, 0)]):
-        act = ACTS[k]
+        act = ACTIVATIONS[k]
         b = r(t, o) if hb else None
         gm = r(t, o) if hg else None
         be = r(t, o) if hbe else None
@@ -120,8 +110,8 @@ def test_opcheck_every_raw_op(dtype):
 
 
 def test_raw_op_backward_raises():
-    x = _rand(2, 3, 4).requires_grad_()
-    y, _ = cpp.linear_fwd(x, _rand(5, 4), None, None, None, "relu")
+    x = rand(2, 3, 4).requires_grad_()
+    y, _ = cpp.linear_fwd(x, rand(5, 4), None, None, None, "relu")
     with pytest.raises(RuntimeError, match="not implemented"):
         y.sum().backward()
 
@@ -150,20 +140,20 @@ def test_epilogue_and_bn_layouts(dtype, s, t, two_threads):
     tasks per thread: t=9 with 2 threads) and plane-major, each with an 8-lane part and a
     tail."""
     n, c = 9, 5
-    for act in ACTS:
+    for act in ACTIVATIONS:
         # shifted, scaled data: the one-pass variance must not cancel
-        x = 50 + 3 * _rand(t, n, c, s, dtype=dtype)
-        w, b, gm, be = (_rand(t, c, dtype=dtype) for _ in range(4))
+        x = 50 + 3 * rand(t, n, c, s, dtype=dtype)
+        w, b, gm, be = (rand(t, c, dtype=dtype) for _ in range(4))
         want = eager.bn_fwd(x, w, b, gm, be, 1e-5, act)
         _close(cpp.bn_fwd(x, w, b, gm, be, 1e-5, act), want, dtype)
-        gy = _rand(t, n, c, s, dtype=dtype)
+        gy = rand(t, n, c, s, dtype=dtype)
         y, mean, rstd = want
         _close(
             cpp.bn_bwd(gy, x, y, mean, rstd, w, b, gm, act),
             eager.bn_bwd(gy, x, y, mean, rstd, w, b, gm, act),
             dtype,
         )
-        z = _rand(t, n, c, s, dtype=dtype)
+        z = rand(t, n, c, s, dtype=dtype)
         _close(cpp.epilogue_bwd(gy, y, z, gm, act), eager.epilogue_bwd(gy, y, z, gm, act), dtype)
         _close(
             cpp.epilogue_bwd(gy, y, z, None, act), eager.epilogue_bwd(gy, y, z, None, act), dtype
@@ -175,9 +165,9 @@ def test_per_task_conv_strategies(strategy, monkeypatch):
     monkeypatch.setenv("MUMO_FAST_CPP_CONV", strategy)
     dtype = torch.float64
     t, n, c, o = 3, 4, 3, 5
-    x = _rand(t, n, c, 9, 8, dtype=dtype)
-    w = _rand(t, o, c, 3, 2, dtype=dtype)
-    b, gm, be = (_rand(t, o, dtype=dtype) for _ in range(3))
+    x = rand(t, n, c, 9, 8, dtype=dtype)
+    w = rand(t, o, c, 3, 2, dtype=dtype)
+    b, gm, be = (rand(t, o, dtype=dtype) for _ in range(3))
     for stride, pad in (((2, 2), (1, 1)), ((1, 3), (0, 2))):
         args = (x, w, b, gm, be, stride, pad, "relu")
         _close(cpp.conv_fwd(*args), eager.conv_fwd(*args), dtype)
@@ -188,9 +178,9 @@ def test_shared_weight_conv_forward_both_routes():
     over tasks above (csrc/conv.cpp, kSharedLoopMinPositions); both against eager."""
     dtype = torch.float64
     t, n, c, o = 3, 4, 3, 5
-    x = _rand(t, n, c, 9, 8, dtype=dtype)
-    w = _rand(o, c, 3, 2, dtype=dtype)
-    b, gm, be = (_rand(t, o, dtype=dtype) for _ in range(3))
+    x = rand(t, n, c, 9, 8, dtype=dtype)
+    w = rand(o, c, 3, 2, dtype=dtype)
+    b, gm, be = (rand(t, o, dtype=dtype) for _ in range(3))
     for stride, pad, positions in (((2, 2), (1, 1), 25), ((1, 1), (1, 1), 81)):
         args = (x, w, b, gm, be, stride, pad, "tanh")
         got = cpp.conv_fwd(*args)
@@ -201,15 +191,15 @@ def test_shared_weight_conv_forward_both_routes():
 def test_vmap_rules_match_a_loop():
     dtype = torch.float64
     b, t, n, i, o = 3, 2, 4, 5, 6
-    x = _rand(b, t, n, i, dtype=dtype)
-    w = _rand(t, o, i, dtype=dtype)
-    gm = _rand(b, t, o, dtype=dtype)
+    x = rand(b, t, n, i, dtype=dtype)
+    w = rand(t, o, i, dtype=dtype)
+    gm = rand(b, t, o, dtype=dtype)
     got = torch.vmap(cpp.linear_fwd, in_dims=(0, None, None, 0, None, None))(
         x, w, None, gm, None, "tanh"
     )
     for k in range(b):
         _close([g[k] for g in got], eager.linear_fwd(x[k], w, None, gm[k], None, "tanh"), dtype)
-    x4 = _rand(t, n, o, 3, b, dtype=dtype)  # batch dim last
+    x4 = rand(t, n, o, 3, b, dtype=dtype)  # batch dim last
     got = torch.vmap(cpp.bn_fwd, in_dims=(4, None, None, None, None, None, None))(
         x4, None, None, None, None, 1e-5, "relu"
     )
@@ -222,15 +212,15 @@ def test_vmap_rules_match_a_loop():
 def test_other_dtypes_fall_back_to_eager(dtype):
     """Half precision runs the eager composition (no C++ kernel): right values, in the
     input's dtype, against the float64 oracle to half-precision rounding."""
-    x, w = _rand(2, 3, 8).to(dtype), _rand(5, 8).to(dtype)
-    b, gm, be = _rand(5).to(dtype), _rand(2, 5).to(dtype), _rand(2, 5).to(dtype)
+    x, w = rand(2, 3, 8).to(dtype), rand(5, 8).to(dtype)
+    b, gm, be = rand(5).to(dtype), rand(2, 5).to(dtype), rand(2, 5).to(dtype)
     y, z = cpp.linear_fwd(x, w, b.expand(2, 5).contiguous(), gm, be, "relu")
     assert y.dtype == z.dtype == dtype
     tol = dict(rtol=2e-2, atol=3e-2)
     torch.testing.assert_close(y.double(), oracle.film_linear(x, w, b, gm, be, "relu"), **tol)
     torch.testing.assert_close(z.double(), oracle.film_linear(x, w, b), **tol)
-    xb = _rand(2, 4, 3, 5, 5).to(dtype)
-    wb = _rand(3, 3, 3, 3).to(dtype)
+    xb = rand(2, 4, 3, 5, 5).to(dtype)
+    wb = rand(3, 3, 3, 3).to(dtype)
     got = ops.film_conv2d(xb, wb, padding=1, activation="tanh", backend="cpp")
     assert got.dtype == dtype
     want = oracle.film_conv2d(xb, wb, padding=1, activation="tanh")
@@ -238,11 +228,11 @@ def test_other_dtypes_fall_back_to_eager(dtype):
 
 
 def test_raw_op_rejects_bad_shapes():
-    x = _rand(2, 3, 4)
+    x = rand(2, 3, 4)
     with pytest.raises(RuntimeError, match="gamma must have shape"):
-        cpp.linear_fwd(x, _rand(5, 4), None, _rand(2, 4), None, "none")
+        cpp.linear_fwd(x, rand(5, 4), None, rand(2, 4), None, "none")
     with pytest.raises(RuntimeError, match="activation"):
-        cpp.linear_fwd(x, _rand(5, 4), None, None, None, "gelu")
+        cpp.linear_fwd(x, rand(5, 4), None, None, None, "gelu")
 
 
 def test_source_dir_found_in_checkout():
@@ -299,8 +289,8 @@ def test_clamped_sgd_matches_reference_to_second_order(clamp):
     from mumo_fast import ops
 
     dtype = torch.float64
-    p0, g0 = (_rand(3, 4, 5, dtype=dtype).requires_grad_() for _ in range(2))
-    p1, g1 = (_rand(7, dtype=dtype).requires_grad_() for _ in range(2))
+    p0, g0 = (rand(3, 4, 5, dtype=dtype).requires_grad_() for _ in range(2))
+    p1, g1 = (rand(7, dtype=dtype).requires_grad_() for _ in range(2))
     lr = torch.tensor(0.3, dtype=dtype, requires_grad=True)
 
     def f(backend):
@@ -322,9 +312,9 @@ def test_film_conv2d_small_output_backward_uses_im2col_and_matches_reference():
 
     assert cpp.DX_IM2COL_MAX_POSITIONS >= 4 and cpp.DW_IM2COL_MAX_POSITIONS >= 4
     dtype = torch.float64
-    x = _rand(3, 4, 5, 4, 3, dtype=dtype).requires_grad_()
-    w = _rand(3, 6, 5, 3, 3, dtype=dtype).requires_grad_()
-    b, g, be = (_rand(3, 6, dtype=dtype).requires_grad_() for _ in range(3))
+    x = rand(3, 4, 5, 4, 3, dtype=dtype).requires_grad_()
+    w = rand(3, 6, 5, 3, 3, dtype=dtype).requires_grad_()
+    b, g, be = (rand(3, 6, dtype=dtype).requires_grad_() for _ in range(3))
 
     def f(backend):
         return lambda *a: ops.film_conv2d(*a, stride=2, padding=1, activation="relu",
@@ -333,7 +323,7 @@ def test_film_conv2d_small_output_backward_uses_im2col_and_matches_reference():
     args = (x, w, b, g, be)
     y = f("cpp")(*args)
     assert y.shape[-2:] == (2, 2)
-    gy = _rand(*y.shape, dtype=dtype)
+    gy = rand(*y.shape, dtype=dtype)
     got = torch.autograd.grad(y, args, gy)
     want = torch.autograd.grad(f("reference")(*args), args, gy)
     for a, e in zip(got, want):
@@ -366,11 +356,11 @@ def test_conv_bwd_per_task_matches_grouped_aten(dtype, shape, kernel, stride, pa
 
     t, n, c, h, w_ = shape
     o = 3
-    x = _rand(t, n, c, h, w_, dtype=dtype)
-    w = _rand(t, o, c, *kernel, dtype=dtype)
+    x = rand(t, n, c, h, w_, dtype=dtype)
+    w = rand(t, o, c, *kernel, dtype=dtype)
     ho = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
     wo = (w_ + 2 * padding[1] - kernel[1]) // stride[1] + 1
-    dz = _rand(t, n, o, ho, wo, dtype=dtype)
+    dz = rand(t, n, o, ho, wo, dtype=dtype)
     tol = 1e-12 if dtype == torch.float64 else 1e-4  # fp32: sums of up to ~600 terms
     assert cpp.available()
     raw = torch.ops.mumo_fast.conv_bwd_per_task

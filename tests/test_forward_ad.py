@@ -12,10 +12,10 @@ from torch.func import functional_call, hessian, jacfwd, jacrev, jvp
 
 from mumo_fast import ops
 from mumo_fast.nn import FiLMBatchNorm, FiLMConv2d, FiLMLinear
-from ops_cases import ALL_BACKENDS, FUSED_BACKENDS, bn_args, conv_args, linear_args, rand
+from ops_cases import ALL_BACKENDS, FUSED_BACKENDS, bn_args, conv_args, linear_args, rand, tol
 
 F64 = torch.float64
-TOL = {"rtol": 1e-9, "atol": 1e-10}
+TOL = tol(F64)
 
 
 def _cases():

@@ -13,21 +13,20 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from mumo_fast import ops
 from mumo_fast.ops.backends import eager
-from ops_cases import CUDA, TRITON_DEVICES, TRITON_MODULE_MARK, triton_backend
+from ops_cases import (
+    ACTIVATIONS,
+    CUDA,
+    TRITON_DEVICES,
+    TRITON_MODULE_MARK,
+    rand,
+    tol,
+    triton_backend,
+)
 
-ACTS = ("none", "relu", "tanh", "sigmoid")
 F32, F64 = torch.float32, torch.float64
 
 pytestmark = TRITON_MODULE_MARK
 DEVICES = TRITON_DEVICES
-
-
-def tol(dtype):
-    return {"rtol": 1e-4, "atol": 2e-5} if dtype == F32 else {"rtol": 1e-10, "atol": 1e-11}
-
-
-def rnd(*shape, dtype=F32, device="cpu", scale=1.0, shift=0.0):
-    return torch.randn(*shape, dtype=dtype, device=device) * scale + shift
 
 
 def close(got, want, dtype, msg="", tolerance=None):
@@ -76,7 +75,7 @@ def trim(device, cases, keep):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", (F32, F64))
-@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("shared", (False, True))
 def test_linear_fwd_parity(device, dtype, act, shared):
     fewer_on_cuda(device, dtype, act)
@@ -84,9 +83,9 @@ def test_linear_fwd_parity(device, dtype, act, shared):
     # output-feature blocks of both the interpreter (16) and GPU (16/32/64) tilings.
     for k, (t, n, i, o) in enumerate(((3, 5, 7, 6), (2, 17, 33, 65))):
         for flags in trim(device, flag_cases()[k::2], 2):
-            x = rnd(t, n, i, dtype=dtype, device=device)
-            w = rnd(*((o, i) if shared else (t, o, i)), dtype=dtype, device=device)
-            b, g, be = (rnd(t, o, dtype=dtype, device=device) if f else None for f in flags)
+            x = rand(t, n, i, dtype=dtype, device=device)
+            w = rand(*((o, i) if shared else (t, o, i)), dtype=dtype, device=device)
+            b, g, be = (rand(t, o, dtype=dtype, device=device) if f else None for f in flags)
             got = triton_backend.linear_fwd(x, w, b, g, be, act)
             close(got, eager.linear_fwd(x, w, b, g, be, act), dtype, f"{flags} {(t, n, i, o)}")
 
@@ -101,11 +100,11 @@ def test_linear_lowrank_fwd_parity(device, dtype, rank):
         ("sigmoid", (1, 4, 3, 66), (True, False, True)),
         ("none", (2, 3, 5, 4), (False, False, False)),
     ):
-        x = rnd(t, n, i, dtype=dtype, device=device)
-        w = rnd(o, i, dtype=dtype, device=device)
-        u = rnd(t, rank, i, dtype=dtype, device=device)
-        v = rnd(t, rank, o, dtype=dtype, device=device)
-        b, g, be = (rnd(t, o, dtype=dtype, device=device) if f else None for f in flags)
+        x = rand(t, n, i, dtype=dtype, device=device)
+        w = rand(o, i, dtype=dtype, device=device)
+        u = rand(t, rank, i, dtype=dtype, device=device)
+        v = rand(t, rank, o, dtype=dtype, device=device)
+        b, g, be = (rand(t, o, dtype=dtype, device=device) if f else None for f in flags)
         got = triton_backend.linear_lowrank_fwd(x, w, u, v, b, g, be, act)
         close(got, eager.linear_lowrank_fwd(x, w, u, v, b, g, be, act), dtype, act)
 
@@ -115,7 +114,7 @@ def test_linear_lowrank_fwd_parity(device, dtype, rank):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", (F32, F64))
-@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("act", ACTIVATIONS)
 def test_epilogue_bwd_parity(device, dtype, act):
     fewer_on_cuda(device, dtype, act)
     # S == 1 (linear layout, channel-vectorised) and S > 1 (image layout), channel counts
@@ -123,11 +122,11 @@ def test_epilogue_bwd_parity(device, dtype, act):
     shapes = ((3, 5, 6, 1), (2, 5, 3, 7), (2, 3, 70, 1), (1, 2, 2, 300))
     for k, (t, n, c, s) in enumerate(shapes):
         for has_gamma in trim(device, (k % 2 == 0, k % 2 == 1), 1):
-            gy = rnd(t, n, c, s, dtype=dtype, device=device)
-            z = rnd(t, n, c, s, dtype=dtype, device=device)
-            gamma = rnd(t, c, dtype=dtype, device=device) if has_gamma else None
+            gy = rand(t, n, c, s, dtype=dtype, device=device)
+            z = rand(t, n, c, s, dtype=dtype, device=device)
+            gamma = rand(t, c, dtype=dtype, device=device) if has_gamma else None
             y = ops.reference.film_epilogue(
-                z, gamma, rnd(t, c, dtype=dtype, device=device), act
+                z, gamma, rand(t, c, dtype=dtype, device=device), act
             ).contiguous()
             got = triton_backend.epilogue_bwd(gy, y, z, gamma, act)
             close(got, eager.epilogue_bwd(gy, y, z, gamma, act), dtype, f"{(t, n, c, s)}")
@@ -144,9 +143,9 @@ def test_conv_fwd_parity(device, dtype, shared):
         ("none", (1, 2, 2, 5, 5), 2, 2, [2, 1], [0, 1], (False, False, False)),
     )
     for act, (t, n, c, h, w_), o, k, stride, padding, flags in cases:
-        x = rnd(t, n, c, h, w_, dtype=dtype, device=device)
-        w = rnd(*((o, c, k, k) if shared else (t, o, c, k, k)), dtype=dtype, device=device)
-        b, g, be = (rnd(t, o, dtype=dtype, device=device) if f else None for f in flags)
+        x = rand(t, n, c, h, w_, dtype=dtype, device=device)
+        w = rand(*((o, c, k, k) if shared else (t, o, c, k, k)), dtype=dtype, device=device)
+        b, g, be = (rand(t, o, dtype=dtype, device=device) if f else None for f in flags)
         got = triton_backend.conv_fwd(x, w, b, g, be, stride, padding, act)
         want = eager.conv_fwd(x, w, b, g, be, stride, padding, act)
         close(got, want, dtype, act)
@@ -160,25 +159,25 @@ BN_SHAPES = ((3, 5, 6, 1), (2, 4, 70, 1), (2, 3, 4, 49), (1, 3, 2, 200))
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", (F32, F64))
-@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("act", ACTIVATIONS)
 def test_bn_fwd_bwd_parity(device, dtype, act):
     fewer_on_cuda(device, dtype, act)
     for k, (t, n, c, s) in enumerate(trim(device, BN_SHAPES, 3)):
         # data far from zero checks the shifted one-pass statistics
-        x = rnd(t, n, c, s, dtype=dtype, device=device, scale=2.0, shift=50.0 * (k % 2))
+        x = rand(t, n, c, s, dtype=dtype, device=device, scale=2.0, shift=50.0 * (k % 2))
         flags = (
             (True, True, True, True),
             (False, False, False, False),
             (True, False, True, False),
             (False, True, False, True),
         )[k]
-        w, b, g, be = (rnd(t, c, dtype=dtype, device=device) if f else None for f in flags)
+        w, b, g, be = (rand(t, c, dtype=dtype, device=device) if f else None for f in flags)
         got = triton_backend.bn_fwd(x, w, b, g, be, 1e-5, act)
         want = eager.bn_fwd(x, w, b, g, be, 1e-5, act)
         bn = bn_tol(x, dtype, w, g)
         close(got, want, dtype, f"fwd {(t, n, c, s)}", bn)
         y, mean, rstd = want
-        gy = rnd(t, n, c, s, dtype=dtype, device=device)
+        gy = rand(t, n, c, s, dtype=dtype, device=device)
         got = triton_backend.bn_bwd(gy, x, y, mean, rstd, w, b, g, act)
         want = eager.bn_bwd(gy, x, y, mean, rstd, w, b, g, act)
         close(got, want, dtype, f"bwd {(t, n, c, s)}", bn)
@@ -193,8 +192,8 @@ def test_bn_fwd_bwd_parity(device, dtype, act):
 def test_clamped_sgd_raw_parity(device, dtype, clamp):
     # 11 tensors: two launches (8 slots each); sizes cross the 256/2048-element blocks
     shapes = [(3, 4), (5,), (300,), (2, 3, 5), (1,), (4100,), (7, 7), (2,), (9, 31), (3,), (1, 1)]
-    ps = [rnd(*s, dtype=dtype, device=device) for s in shapes]
-    gs = [rnd(*s, dtype=dtype, device=device) for s in shapes]
+    ps = [rand(*s, dtype=dtype, device=device) for s in shapes]
+    gs = [rand(*s, dtype=dtype, device=device) for s in shapes]
     lr = torch.rand(len(shapes), dtype=dtype, device=device)
     got = triton_backend.clamped_sgd_raw(ps, gs, lr, clamp)
     close(got, triton_backend._eager_update(ps, gs, lr, clamp), dtype)
@@ -203,8 +202,8 @@ def test_clamped_sgd_raw_parity(device, dtype, clamp):
 @pytest.mark.parametrize("device", DEVICES)
 def test_clamped_sgd_public_grads(device):
     """gradcheck + gradgradcheck of ops.clamped_sgd (float and tensor learning rates)."""
-    p = [rnd(3, 4, dtype=F64, device=device).requires_grad_() for _ in range(2)]
-    g = [rnd(3, 4, dtype=F64, device=device).requires_grad_() for _ in range(2)]
+    p = [rand(3, 4, dtype=F64, device=device).requires_grad_() for _ in range(2)]
+    g = [rand(3, 4, dtype=F64, device=device).requires_grad_() for _ in range(2)]
     lr = torch.tensor(0.3, dtype=F64, device=device, requires_grad=True)
 
     def f(p0, p1, g0, g1, a):
@@ -225,16 +224,16 @@ def test_fake_and_vmap_registrations():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     dev = "cuda" if CUDA else "cpu"
-    x, w = rnd(2, 3, 5, device=dev), rnd(2, 4, 5, device=dev)
+    x, w = rand(2, 3, 5, device=dev), rand(2, 4, 5, device=dev)
     with FakeTensorMode() as mode:
         fx, fw = mode.from_tensor(x), mode.from_tensor(w)
         y, z = triton_backend.linear_fwd(fx, fw, None, None, None, "relu")
         assert y.shape == (2, 3, 4) and z.shape == (2, 3, 4)
-        fc = mode.from_tensor(rnd(2, 1, 3, 9, 7, device=dev))
-        fwc = mode.from_tensor(rnd(4, 3, 3, 3, device=dev))
+        fc = mode.from_tensor(rand(2, 1, 3, 9, 7, device=dev))
+        fwc = mode.from_tensor(rand(4, 3, 3, 3, device=dev))
         y, _ = triton_backend.conv_fwd(fc, fwc, None, None, None, [2, 2], [1, 1], "none")
         assert y.shape == (2, 1, 4, 5, 4)
-    xb, wb = rnd(3, 2, 3, 5, device=dev), rnd(3, 2, 4, 5, device=dev)
+    xb, wb = rand(3, 2, 3, 5, device=dev), rand(3, 2, 4, 5, device=dev)
     got = torch.func.vmap(lambda a, b: ops.film_linear(a, b, activation="tanh", backend="triton"))(
         xb, wb
     )
@@ -246,25 +245,25 @@ def test_custom_op_path_matches_direct_launch():
     """The raw ops launch directly on plain tensors; the registered custom ops (used under
     torch.func / torch.compile / fake tensors) compute the same, and pass opcheck."""
     dev = "cuda" if CUDA else "cpu"
-    x, w, b = rnd(2, 3, 5, device=dev), rnd(4, 5, device=dev), rnd(2, 4, device=dev)
+    x, w, b = rand(2, 3, 5, device=dev), rand(4, 5, device=dev), rand(2, 4, device=dev)
     close(
         triton_backend.linear_fwd.op(x, w, b, None, b, "sigmoid"),
         triton_backend.linear_fwd(x, w, b, None, b, "sigmoid"),
         F32,
     )
-    x4 = rnd(2, 3, 4, 5, device=dev, shift=2.0)
-    v = rnd(2, 4, device=dev)
+    x4 = rand(2, 3, 4, 5, device=dev, shift=2.0)
+    v = rand(2, 4, device=dev)
     out = triton_backend.bn_fwd.op(x4, v, None, v, None, 1e-5, "relu")
     close(out, eager.bn_fwd(x4, v, None, v, None, 1e-5, "relu"), F32)
-    gy = rnd(2, 3, 4, 5, device=dev)
+    gy = rand(2, 3, 4, 5, device=dev)
     close(
         triton_backend.epilogue_bwd.op(gy, out[0], x4, v, "relu"),
         eager.epilogue_bwd(gy, out[0], x4, v, "relu"),
         F32,
     )
     ps, gs = (
-        [rnd(3, device=dev), rnd(2, 2, device=dev)],
-        [rnd(3, device=dev), rnd(2, 2, device=dev)],
+        [rand(3, device=dev), rand(2, 2, device=dev)],
+        [rand(3, device=dev), rand(2, 2, device=dev)],
     )
     lr = torch.rand(2, device=dev)
     close(
@@ -284,7 +283,7 @@ def _public_cases(device):
     d = {"dtype": F64, "device": device}
 
     def r(*s, **kw):
-        return rnd(*s, **d, **kw).requires_grad_()
+        return rand(*s, **d, **kw).requires_grad_()
 
     return [
         (
@@ -336,7 +335,7 @@ def test_tf32_opt_in(device, monkeypatch):
     seen = []
     real = _common.input_precision
     monkeypatch.setattr(_common, "input_precision", lambda: seen.append(real()) or seen[-1])
-    x, w = rnd(2, 20, 64, device=device), rnd(2, 48, 64, device=device)
+    x, w = rand(2, 20, 64, device=device), rand(2, 48, 64, device=device)
     exact = torch.bmm(x.double(), w.double().transpose(1, 2))
     runs = {}
     for on in (False, True):
@@ -383,17 +382,17 @@ def test_maml_meta_gradients_match_reference(device, dtype):
     t, i, h, o = 3, 3, 17, 2
     kw = {"dtype": dtype, "device": device}
     params = [
-        rnd(t, h, i, **kw, scale=0.5),
-        rnd(t, h, **kw),
-        rnd(t, h, **kw, scale=0.3, shift=1.0),
-        rnd(t, h, **kw),
-        rnd(t, o, h, **kw, scale=0.3),
-        rnd(t, o, **kw),
-        rnd(t, o, **kw, scale=0.3, shift=1.0),
-        rnd(t, o, **kw),
+        rand(t, h, i, **kw, scale=0.5),
+        rand(t, h, **kw),
+        rand(t, h, **kw, scale=0.3, shift=1.0),
+        rand(t, h, **kw),
+        rand(t, o, h, **kw, scale=0.3),
+        rand(t, o, **kw),
+        rand(t, o, **kw, scale=0.3, shift=1.0),
+        rand(t, o, **kw),
     ]
     params = [p.requires_grad_() for p in params]
-    data = (rnd(t, 5, i, **kw), rnd(t, 5, o, **kw), rnd(t, 10, i, **kw), rnd(t, 10, o, **kw))
+    data = (rand(t, 5, i, **kw), rand(t, 5, o, **kw), rand(t, 10, i, **kw), rand(t, 10, o, **kw))
     want = _maml("reference", params, data)
     got = _maml("triton", params, data)
     t_ = {"rtol": 1e-4, "atol": 1e-5} if dtype == F32 else {"rtol": 1e-9, "atol": 1e-11}

@@ -11,17 +11,13 @@ import torch
 
 from mumo_fast import ops
 from mumo_fast.ops.backends import eager
-from ops_cases import TRITON_DEVICES, TRITON_MODULE_MARK, triton_backend
+from ops_cases import TRITON_DEVICES, TRITON_MODULE_MARK, rand, triton_backend
 
 F64 = torch.float64
 pytestmark = TRITON_MODULE_MARK
 DEVICES = TRITON_DEVICES
 # float32(0.7) - 0.7 = 1.2e-8: a bound or learning rate rounded to float32 is visible at 1e-15
 BOUND, LR, EPS = 0.7, 0.87, 1e-5 / 3
-
-
-def rnd(*shape, device, scale=1.0):
-    return torch.randn(*shape, dtype=F64, device=device) * scale
 
 
 def exact(got, want, rtol=1e-15, atol=1e-15):
@@ -60,16 +56,19 @@ def _launch_every_kernel(device):
     from mumo_fast.kernels import conv, epilogue, linear, lowrank, norm, update
 
     t, n, i, o = 2, 3, 5, 4
-    x, w = rnd(t, n, i, device=device), rnd(t, o, i, device=device)
-    vec = [rnd(t, o, device=device) for _ in range(3)]
+    x, w = rand(t, n, i, device=device, dtype=F64), rand(t, o, i, device=device, dtype=F64)
+    vec = [rand(t, o, device=device, dtype=F64) for _ in range(3)]
     linear.film_linear_fwd(x, w, *vec, "tanh")
-    u, v = rnd(t, 2, i, device=device), rnd(t, 2, o, device=device)
+    u, v = rand(t, 2, i, device=device, dtype=F64), rand(t, 2, o, device=device, dtype=F64)
     lowrank.film_linear_lowrank_fwd(x, w[0].contiguous(), u, v, *vec, "relu")
-    xc, wc = rnd(t, n, 3, 6, 5, device=device), rnd(4, 3, 3, 3, device=device)
-    conv.film_conv2d_fwd(
-        xc, wc, *[rnd(t, 4, device=device) for _ in range(3)], [1, 1], [1, 1], "none"
+    xc, wc = (
+        rand(t, n, 3, 6, 5, device=device, dtype=F64),
+        rand(4, 3, 3, 3, device=device, dtype=F64),
     )
-    x4 = rnd(t, n, o, 3, device=device)
+    conv.film_conv2d_fwd(
+        xc, wc, *[rand(t, 4, device=device, dtype=F64) for _ in range(3)], [1, 1], [1, 1], "none"
+    )
+    x4 = rand(t, n, o, 3, device=device, dtype=F64)
     epilogue.film_epilogue_bwd(x4, x4.tanh(), x4, vec[1], "tanh")
     y, mean, rstd = norm.bn_fwd(x4, *vec[:2], None, None, EPS, "none")
     norm.bn_bwd(x4, x4, y, mean, rstd, *vec, "sigmoid")
@@ -95,8 +94,11 @@ def test_no_kernel_takes_a_python_float(device, monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 def test_float64_clamp_bound_and_lr_exact(device):
     """Gradients beyond a bound not representable in float32, raw op and public op."""
-    ps = [rnd(3, 4, device=device), rnd(300, device=device)]
-    gs = [rnd(3, 4, device=device, scale=3.0), rnd(300, device=device, scale=3.0)]
+    ps = [rand(3, 4, device=device, dtype=F64), rand(300, device=device, dtype=F64)]
+    gs = [
+        rand(3, 4, device=device, scale=3.0, dtype=F64),
+        rand(300, device=device, scale=3.0, dtype=F64),
+    ]
     assert all((g.abs() > BOUND).any() for g in gs)  # the bound binds
     lr = torch.tensor([LR, LR / 3], dtype=F64, device=device)
     exact(
@@ -112,6 +114,6 @@ def test_float64_batch_norm_eps_exact(device):
     """A variance of the size of eps, so that eps rounded to float32 would move rstd by
     about 1e-8 relative (compiled kernels; interpreters 3.7-3.9 happen to keep this sum
     exact, the no-Python-float test above covers them)."""
-    x = rnd(2, 5, 3, 4, device=device, scale=1e-3)
+    x = rand(2, 5, 3, 4, device=device, scale=1e-3, dtype=F64)
     got = triton_backend.bn_fwd(x, None, None, None, None, EPS, "none")
     exact(got, eager.bn_fwd(x, None, None, None, None, EPS, "none"), rtol=1e-12, atol=0)
