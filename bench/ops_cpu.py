@@ -196,7 +196,6 @@ def environment() -> dict:
         "python": platform.python_version(),
         "loadavg_at_start": os.getloadavg(),
         "cpp_extension": cpp.origin() if cpp.available() else None,
-        "cpp_conv_strategy": os.environ.get("MUMO_FAST_CPP_CONV", "rule"),
     }
 
 

@@ -1,34 +1,18 @@
 // conv_fwd: convolution through ATen, then the fused epilogue writing z and y.
-// Per-task weights: a loop over tasks (one conv per task, epilogue straight from
-// its output) or one grouped convolution ([N, T*C, H, W], groups=T); which one
-// is chosen by pick_grouped() from measurements. Shared weights: the same loop, or one
-// convolution over all T*N images for small outputs (kSharedLoopMinPositions).
+// Per-task weights: a loop over tasks (one conv per task, the epilogue straight from its
+// output). Measured on the 2-core Xeon of BENCHMARKS.md (torch 2.13, 1 thread, T=32,
+// N=80, 3x3 stride 2), the loop beat one grouped convolution ([N, T*C, H, W], groups=T,
+// which also pays two transposing copies) at every Omniglot shape: forward 1->64 at
+// 28x28 297-472 vs 518 ms, 64->64 at 14x14 231 vs 527 ms, 7x7 51 vs 124 ms, 4x4 17-20 vs
+// 21-23 ms. Shared weights: the same loop, or one convolution over all T*N images for
+// small outputs (kSharedLoopMinPositions).
 #include <torch/library.h>
-
-#include <cstdlib>
 
 #include "common.h"
 
 namespace mumo_fast {
 
 namespace {
-
-// MUMO_FAST_CPP_CONV=loop|grouped overrides the rule (for benchmarking).
-bool pick_grouped(int64_t T, int64_t N, int64_t C, int64_t S_in) {
-  if (const char* env = std::getenv("MUMO_FAST_CPP_CONV")) {
-    if (std::string(env) == "grouped") return true;
-    if (std::string(env) == "loop") return false;
-  }
-  // Measured on the 2-core Xeon of BENCHMARKS.md (torch 2.13, 1 thread, T=32, N=80,
-  // 3x3 stride 2): the loop beat the grouped conv (which also pays two transposing
-  // copies) at every Omniglot shape: forward 1->64 at 28x28 297-472 vs 518 ms, 64->64
-  // at 14x14 231 vs 527 ms, 7x7 51 vs 124 ms, 4x4 17-20 vs 21-23 ms.
-  (void)T;
-  (void)N;
-  (void)C;
-  (void)S_in;
-  return false;
-}
 
 // Shared weights: one conv over all T*N images, then the epilogue over its output, or
 // the same loop over tasks as per-task weights (the epilogue then reads each task's
@@ -78,17 +62,10 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd(const at::Tensor& x_in, const at::Te
 
   at::Tensor z4 = at::empty({T, N, O, S}, x.options());
   at::Tensor y4 = at::empty({T, N, O, S}, x.options());
-  if (per_task && pick_grouped(T, N, C, H * W)) {
-    at::Tensor xg = x.transpose(0, 1).reshape({N, T * C, H, W});
-    at::Tensor out = at::conv2d(xg, w.view({T * O, C, KH, KW}), {}, stride, padding, {1, 1}, T)
-                         .contiguous();  // [N, T*O, HO, WO]
-    epilogue_fwd_into(out, O * S, T * O * S, 0, T, z4, y4, bias, gamma, beta, act);
-  } else {
-    for (int64_t t = 0; t < T; ++t) {
-      at::Tensor out =
-          at::conv2d(x[t], per_task ? w[t] : w, {}, stride, padding).contiguous();  // [N,O,HO,WO]
-      epilogue_fwd_into(out, 0, O * S, t, 1, z4, y4, bias, gamma, beta, act);
-    }
+  for (int64_t t = 0; t < T; ++t) {
+    at::Tensor out =
+        at::conv2d(x[t], per_task ? w[t] : w, {}, stride, padding).contiguous();  // [N,O,HO,WO]
+    epilogue_fwd_into(out, 0, O * S, t, 1, z4, y4, bias, gamma, beta, act);
   }
   finish_activation(y4, act);
   return {y4.view({T, N, O, HO, WO}), z4.view({T, N, O, HO, WO})};

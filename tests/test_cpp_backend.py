@@ -160,9 +160,7 @@ def test_epilogue_and_bn_layouts(dtype, s, t, two_threads):
         )
 
 
-@pytest.mark.parametrize("strategy", ["loop", "grouped"])
-def test_per_task_conv_strategies(strategy, monkeypatch):
-    monkeypatch.setenv("MUMO_FAST_CPP_CONV", strategy)
+def test_per_task_conv_forward():
     dtype = torch.float64
     t, n, c, o = 3, 4, 3, 5
     x = rand(t, n, c, 9, 8, dtype=dtype)
