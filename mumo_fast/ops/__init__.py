@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from . import _validate, backends, reference
+from . import _torch_internals, _validate, backends, reference
 from .backends import available_backends
 from .functions import (
     FilmBatchNormFunction,
@@ -50,7 +48,9 @@ def get_backend() -> str:
 def _forward_ad_possible() -> bool:
     """A forward-mode level (``torch.autograd.forward_ad``) or a torch.func transform is
     active, which may carry tangents."""
-    return _fwad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+    return (
+        _torch_internals.forward_ad_level() >= 0 or _torch_internals.functorch_transforms_active()
+    )
 
 
 def _pick(backend: str | None, x: Tensor, op: str) -> str:
