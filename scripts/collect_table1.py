@@ -45,10 +45,10 @@ VARIANTS = [
     ),
 ]
 FAMILY_TEXT = {
-    "spec": "the `spec` task family (`--task-family spec`, the default: sinusoids "
-    "`A sin(w x + b)` with a random frequency w in [0.5, 2])",
+    "random-frequency": "the random-frequency task family (`--task-family random-frequency`, "
+    "the default: sinusoids `A sin(w x + b)` with a random frequency w in [0.5, 2])",
     "authors-code": "the authors' released code's task family (`--task-family authors-code`: "
-    "sinusoids `A sin(x - phi)` of frequency 1, phase in [0, pi]; the other modes as in the `spec` family)",
+    "sinusoids `A sin(x - phi)` of frequency 1, phase in [0, pi]; the other modes as in the random-frequency family)",
 }
 
 

@@ -256,3 +256,20 @@ def test_compile_trains_the_same_model(tmp_path):
     for k in a:
         assert a[k].dtype == b[k].dtype == torch.float64, k
         torch.testing.assert_close(b[k], a[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_runs_of_the_spec_family_resume_as_random_frequency(tmp_path, capsys):
+    """``spec``, the random-frequency family's former name: accepted on the command line
+    (recorded under the current name) and in the run.json of older runs."""
+    out = tmp_path / "run"
+    assert main(["train", "regression", "--out", str(out), "--task-family", "spec", *TINY,
+                 "--skip-eval"]) == 0  # fmt: skip
+    path = out / "run.json"
+    run = json.loads(path.read_text())
+    assert run["data"]["task_family"] == "random-frequency"
+    run["data"]["task_family"] = "spec"  # as older runs recorded it
+    path.write_text(json.dumps(run))
+    resume = ["train", "regression", "--out", str(out), "--resume", "--quiet", "--skip-eval"]
+    assert main([*resume, "--task-family", "random-frequency", "--iterations", "5"]) == 0
+    assert main([*resume, "--task-family", "authors-code", "--iterations", "6"]) == 2
+    assert "started with task_family" in capsys.readouterr().err

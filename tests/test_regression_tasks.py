@@ -112,3 +112,17 @@ def test_generator_stream_reproducible():
     a = sample_tasks(2, 4, torch.Generator().manual_seed(seed))
     b = sample_tasks(2, 4, torch.Generator().manual_seed(seed))
     assert torch.equal(a.query_y, b.query_y) and torch.equal(a.params, b.params)
+
+
+def test_spec_is_the_former_name_of_the_random_frequency_family():
+    from mumo_fast.domains.regression.tasks import DEFAULT_TASK_FAMILY, check_task_family
+
+    assert DEFAULT_TASK_FAMILY == "random-frequency"
+    assert check_task_family("spec") == check_task_family("random-frequency") == "random-frequency"
+    seed = int(torch.randint(0, 2**31, ()).item())
+    old = sample_tasks(2, 9, torch.Generator().manual_seed(seed), family="spec")
+    new = sample_tasks(2, 9, torch.Generator().manual_seed(seed), family="random-frequency")
+    default = sample_tasks(2, 9, torch.Generator().manual_seed(seed))
+    for field in ("support_x", "support_y", "query_x", "query_y", "params"):
+        torch.testing.assert_close(getattr(old, field), getattr(new, field))
+        torch.testing.assert_close(getattr(default, field), getattr(new, field))

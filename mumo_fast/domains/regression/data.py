@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ...meta import TaskBatch
-from .tasks import RegressionTasks, sample_tasks
+from .tasks import DEFAULT_TASK_FAMILY, RegressionTasks, sample_tasks
 
 
 def to_task_batch(tasks: RegressionTasks) -> TaskBatch:
@@ -19,7 +19,7 @@ def make_sampler(
     tasks_per_mode: int,
     k_support: int = 5,
     l_query: int = 10,
-    family: str = "spec",
+    family: str = DEFAULT_TASK_FAMILY,
 ) -> Callable[[torch.Generator], TaskBatch]:
     """A function drawing one balanced meta-batch from a generator (on the generator's device)."""
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...meta.config import BASE_INITS
-from .tasks import check_task_family, mode_names
+from ...meta.config import BASE_INITS, METHODS
+from ...meta.modulation import MODULATIONS
+from .tasks import DEFAULT_TASK_FAMILY, check_task_family, mode_names
 
-METHODS = ("maml", "multi-maml", "mumomaml")
-MODULATIONS = ("film", "sigmoid", "softmax")
 ENCODERS = ("gru", "lstm")
 MODULATION_HEADS = ("mlp", "linear")
 
@@ -111,7 +110,7 @@ def run_config(
     seed: int = 0,
     tasks_per_mode: int | None = None,
     test_tasks_per_mode: int | None = None,
-    task_family: str = "spec",
+    task_family: str = DEFAULT_TASK_FAMILY,
     encoder: str = "gru",
     encoder_layers: int = 1,
     modulation_head: str = "mlp",
@@ -125,7 +124,7 @@ def run_config(
     if preset_name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset_name!r}")
     names = mode_names(num_modes)
-    check_task_family(task_family)
+    task_family = check_task_family(task_family)
     preset = dict(PRESETS[preset_name])
     if iterations is not None:
         preset["iterations"] = iterations

@@ -37,7 +37,15 @@ from .presets import (
     run_config,
     run_label,
 )
-from .tasks import TASK_FAMILIES, RegressionTasks, fixed_test_set, sample_tasks
+from .tasks import (
+    DEFAULT_TASK_FAMILY,
+    TASK_FAMILIES,
+    RegressionTasks,
+    canonical_task_family,
+    check_task_family,
+    fixed_test_set,
+    sample_tasks,
+)
 
 VALIDATION_SEED = 777
 VALIDATION_TASKS_PER_MODE = 100
@@ -59,9 +67,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help=f"size of the fixed test set, per mode (default {TEST_TASKS_PER_MODE})",
     )  # fmt: skip
     p.add_argument(
-        "--task-family", choices=tuple(TASK_FAMILIES),
-        help="spec (default): sinusoids with a random frequency in [0.5, 2]; "
-        "authors-code: the authors' released code, sinusoids of frequency 1, phase in [0, pi]",
+        "--task-family", choices=tuple(TASK_FAMILIES), type=canonical_task_family,
+        help="random-frequency (default; formerly spec): sinusoids with a random frequency "
+        "in [0.5, 2]; authors-code: the authors' released code, sinusoids of frequency 1, "
+        "phase in [0, pi]",
     )  # fmt: skip
     p.add_argument(
         "--encoder", choices=ENCODERS,
@@ -144,7 +153,7 @@ def _new_run_config(args: argparse.Namespace) -> dict[str, Any]:
             method, args.modulation or "film", args.modes or 2, args.preset or "default",
             iterations=args.iterations, seed=0 if args.seed is None else args.seed,
             tasks_per_mode=args.tasks_per_mode, test_tasks_per_mode=args.test_tasks_per_mode,
-            task_family=args.task_family or "spec", encoder=args.encoder or "gru",
+            task_family=args.task_family or DEFAULT_TASK_FAMILY, encoder=args.encoder or "gru",
             encoder_layers=1 if args.encoder_layers is None else args.encoder_layers,
             modulation_head=args.modulation_head or "mlp",
             base_init=args.base_init or "torch",
@@ -193,7 +202,9 @@ _TEST_SETS: dict[tuple[int, int, str], RegressionTasks] = {}
 
 
 def task_family(run: dict[str, Any]) -> str:
-    return run["data"].get("task_family", "spec")  # runs made before the option: spec
+    """The run's task family by its current name (runs made before the option: the
+    random-frequency family)."""
+    return check_task_family(run["data"].get("task_family", DEFAULT_TASK_FAMILY))
 
 
 def get_test_set(run: dict[str, Any], tasks_per_mode: int | None = None) -> RegressionTasks:

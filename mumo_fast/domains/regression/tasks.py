@@ -4,11 +4,12 @@ Every task is one function from one mode; x ~ U[-5, 5] and every observed y carr
 Gaussian noise (sigma 0.3). Sampling runs in torch on the caller's device from a
 ``torch.Generator``, so a run's data stream is part of its checkpointed state.
 
-Two variants of the family (``TASK_FAMILIES``): ``"spec"`` (the default: sinusoids
-``A sin(w x + b)`` with a random frequency w in [0.5, 2]) and ``"authors-code"`` (the
-authors' released regression code: ``A sin(x - phi)``, frequency 1, phase phi in
-[0, pi]; the other modes are the same). With five support points the random frequency
-makes the sinusoid mode much harder to identify and fit.
+Two variants of the family (``TASK_FAMILIES``): ``"random-frequency"`` (the default:
+sinusoids ``A sin(w x + b)`` with a random frequency w in [0.5, 2]; ``"spec"``, its former
+name, is still accepted) and ``"authors-code"`` (the authors' released regression code:
+``A sin(x - phi)``, frequency 1, phase phi in [0, pi]; the other modes are the same). With
+five support points the random frequency makes the sinusoid mode much harder to identify
+and fit. docs/design.md describes the modes.
 """
 
 from __future__ import annotations
@@ -34,13 +35,25 @@ PARAM_RANGES = {
 
 
 TASK_FAMILIES = {
-    "spec": PARAM_RANGES,
+    "random-frequency": PARAM_RANGES,
     # A sin(x - phi), phi in [0, pi], written as A sin(1 * x + b) with b in [-pi, 0]
     "authors-code": {**PARAM_RANGES, "sinusoid": ((0.1, 5.0), (1.0, 1.0), (-math.pi, 0.0))},
 }
 
 
+DEFAULT_TASK_FAMILY = "random-frequency"
+# former names, accepted wherever a family is named (run.json files of older runs hold them)
+TASK_FAMILY_ALIASES = {"spec": "random-frequency"}
+
+
+def canonical_task_family(family: str) -> str:
+    """The family's name, a former name replaced by the current one (others unchanged)."""
+    return TASK_FAMILY_ALIASES.get(family, family)
+
+
 def check_task_family(family: str) -> str:
+    """The family's current name; a ValueError for an unknown family."""
+    family = canonical_task_family(family)
     if family not in TASK_FAMILIES:
         raise ValueError(f"task_family must be one of {tuple(TASK_FAMILIES)}, got {family!r}")
     return family
@@ -100,7 +113,9 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generat
     return torch.rand(shape, generator=gen, device=gen.device) * (high - low) + low
 
 
-def sample_params(mode: str, count: int, gen: torch.Generator, family: str = "spec") -> Tensor:
+def sample_params(
+    mode: str, count: int, gen: torch.Generator, family: str = DEFAULT_TASK_FAMILY
+) -> Tensor:
     """[count, 3] parameters of `count` functions of one mode."""
     ranges = TASK_FAMILIES[check_task_family(family)][mode]
     cols = [_uniform((count,), lo, hi, gen) for lo, hi in ranges]
@@ -117,7 +132,7 @@ def sample_tasks(
     k_support: int = 5,
     l_query: int = 10,
     noise_std: float = NOISE_STD,
-    family: str = "spec",
+    family: str = DEFAULT_TASK_FAMILY,
 ) -> RegressionTasks:
     """A balanced batch: `tasks_per_mode` tasks of each mode, grouped by mode, on gen's device."""
     names = mode_names(num_modes)
@@ -143,7 +158,7 @@ def fixed_test_set(
     tasks_per_mode: int = 1000,
     k_support: int = 5,
     l_query: int = 10,
-    family: str = "spec",
+    family: str = DEFAULT_TASK_FAMILY,
 ) -> RegressionTasks:
     """The fixed test set: the same tasks for every run, method and device (drawn on CPU)."""
     gen = torch.Generator().manual_seed(TEST_SEED + num_modes)
