@@ -1,8 +1,8 @@
 """Public functional ops: FiLM fused into linear, conv and batch norm, with a task axis.
 
-Shapes and semantics: the README's "Ops reference". Every op takes ``backend=`` ("auto" by
-default, see :func:`set_backend`); every backend computes the same function and
-is differentiable to any order.
+Shapes and semantics: the README's "Ops reference"; the backends and how every op stays
+differentiable to any order: docs/design.md, section 3. Every op takes ``backend=``
+("auto" by default, see :func:`set_backend`); every backend computes the same function.
 """
 
 from __future__ import annotations

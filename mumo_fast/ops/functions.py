@@ -1,4 +1,5 @@
-"""Autograd Functions over a backend's raw ops, differentiable to any order.
+"""Autograd Functions over a backend's raw ops, differentiable to any order
+(docs/design.md, section 3).
 
 Pattern: the forward calls a raw kernel; ``setup_context``
 saves only inputs and outputs (the pre-FiLM value ``z`` and the batch-norm
