@@ -3,6 +3,7 @@
 mumo-fast train regression --method mumomaml --modulation film --modes 2 --out runs/film2
 mumo-fast eval runs/maml2 runs/film2
 mumo-fast plot runs/maml2 runs/film2 --out runs/compare
+torchrun --nproc-per-node 2 -m mumo_fast.cli train omniglot --out runs/om2  # 2 processes
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from . import runtime
 from .domains import DOMAINS, UsageError, get_domain
+from .train import distributed
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -56,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         )  # fmt: skip
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--no-tensorboard", action="store_true", help="JSON-lines log only")
+        p.add_argument(
+            "--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
+            help="under torchrun: how long a process waits for the others in a collective "
+            "before the run ends with an error (default %(default)g; longer than rank 0's "
+            "validation and checkpoint writing)",
+        )  # fmt: skip
         p.add_argument("--skip-eval", action="store_true", help="no test evaluation or figures")
         p.add_argument(
             "--compile", action="store_true",
@@ -107,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.default_malloc:
             runtime.tune_cpu_allocator()
         if args.command == "train":
+            distributed.init_from_env(args.device, args.dist_timeout)
             return get_domain(args.domain).train(args)
         domains = {_run_domain(r) for r in args.runs}
         if len(domains) > 1:
@@ -116,9 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, FileNotFoundError, ValueError) as e:
         print(f"mumo-fast: error: {e}", file=sys.stderr)
         return 2
+    except distributed.DistributedError as e:
+        print(f"mumo-fast: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # outside training (which saves a checkpoint first)
         print("mumo-fast: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ..train import (
     CHECKPOINT_NAME,
     Trainer,
     TrainSettings,
+    distributed,
     load_file,
     resolve_model_path,
     seed_everything,
@@ -44,7 +45,16 @@ def device_from(name: str) -> torch.device:
         raise UsageError(f"--device: {e}") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
+    return distributed.resolve_device(device)
+
+
+def rank_share(total: int, flag: str) -> int:
+    """This process's share of ``total`` (the value of option ``flag``) when several
+    processes split the meta-batch (torchrun); ``total`` itself in a single process."""
+    try:
+        return distributed.share(total, flag)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 def check_train_args(args: argparse.Namespace) -> None:
@@ -98,12 +108,23 @@ def train_run(
     """Write run.json, build the learner (seeded; ``build_learner(run["learner"])``, by
     default ``MetaLearner.from_config``), train (resuming or starting from
     ``--init-from``), then ``finish(learner)`` (test evaluation and figures) unless
-    ``--skip-eval``. Returns the command's exit status."""
+    ``--skip-eval``. Returns the command's exit status.
+
+    Under torchrun every process runs this; ``sample_batch`` then draws the process's
+    share of the meta-batch, and only rank 0 writes files, prints and runs ``finish``."""
     from ..meta import MetaLearner
 
+    main = distributed.is_main()
+    if distributed.world_size() > 1 and run["train"].get("learner_steps"):
+        raise UsageError(
+            f"the {run['domain']} domain trains in one process only (its learner takes its "
+            f"own update step), not {distributed.world_size()}: launch it without torchrun"
+        )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    distributed.barrier()  # every process has read the run's files before rank 0 writes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     seed_everything(run["seed"])
     learner = (build_learner or MetaLearner.from_config)(run["learner"])
     if args.compile:
@@ -124,6 +145,8 @@ def train_run(
     elif args.init_from:
         trainer.init_from(resolve_model_path(args.init_from))
     result = trainer.fit()
+    if not main:
+        return 1 if result.diverged else 0 if result.completed else 130
     if result.diverged:
         print(
             f"diverged at iteration {result.iteration}: the last checkpoint's weights are finite "

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import (
     CHECKPOINT_NAME,
     MODEL_NAME,
@@ -106,6 +107,13 @@ class Trainer:
     An iteration whose loss or gradients are not finite is skipped (no optimizer step, so
     the weights and every checkpoint stay finite) and counted in the logged
     ``nonfinite_skipped``; after ``MAX_NONFINITE_STREAK`` in a row the run stops as diverged.
+
+    In a process group of several processes (``torchrun``, see
+    :mod:`mumo_fast.train.distributed`) each process draws its own share of the
+    meta-batch (``sample_batch`` returns that share, its ``num_tasks`` the share's size)
+    from a generator seeded from (seed, rank); the meta-gradient is all-reduced before
+    clipping and the optimizer step. Only rank 0 logs, shows progress, validates and
+    writes files; the checkpoint holds every rank's generator state.
     """
 
     def __init__(
@@ -130,12 +138,27 @@ class Trainer:
         self.extra = extra or {}
         self.progress = progress
         self.tensorboard = tensorboard
-        self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        self.world = distributed.world_size()
+        self.rank = distributed.rank()
+        if self.world > 1 and settings.learner_steps:
+            raise ValueError(
+                "a learner that updates its own parameters (learner_steps, e.g. navigation's "
+                f"TRPO step) trains in one process only, not {self.world}: launch it without "
+                "torchrun (or with --nproc-per-node 1)"
+            )
+        self.main = self.rank == 0
+        self.progress = progress and self.main
+        seed = settings.seed if self.world == 1 else distributed.rank_seed(settings.seed, self.rank)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.optimizer = torch.optim.Adam(learner.parameters(), lr=settings.lr)
         self.iteration = 0
         self.nonfinite_skipped = 0  # in the whole run (restored by resume)
         self._nonfinite_streak = 0
         self._stop: int | None = None
+        # several processes: the stop and time-limit decisions all of them agreed on
+        self._agreed_stop: int | None = None
+        self._agreed_time_up = False
+        self._deadline = math.inf
 
     @property
     def checkpoint_path(self) -> Path:
@@ -143,6 +166,14 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """Write the checkpoint (several processes: every one must call this; rank 0
+        writes, with every rank's RNG states)."""
+        ranks = {}
+        if self.world > 1:
+            states = distributed.gather_to_main(rng_state(self.generator))
+            if not self.main:
+                return
+            ranks = {"world_size": self.world, "rank_rng": states}
         atomic_save(
             {
                 "config": self.learner.config,
@@ -154,11 +185,14 @@ class Trainer:
                 "nonfinite_streak": self._nonfinite_streak,
                 "settings": asdict(self.settings),
                 "extra": self.extra,
+                **ranks,
             },
             self.checkpoint_path,
         )
 
     def save_model(self) -> None:
+        if not self.main:
+            return
         state = {k: v.detach().cpu() for k, v in self.learner.state_dict().items()}
         atomic_save(
             {
@@ -192,11 +226,28 @@ class Trainer:
         self._load_weights(obj, path)
         self.optimizer.load_state_dict(obj["optimizer"])
         self.iteration = int(obj["iteration"])
-        set_rng_state(obj["rng"], self.generator)
+        saved_world = int(obj.get("world_size", 1))
+        if saved_world == self.world:
+            set_rng_state(
+                obj["rng"] if self.world == 1 else obj["rank_rng"][self.rank], self.generator
+            )
+        else:
+            # another split of the meta-batch: no stream can continue as it was
+            set_rng_state(obj["rng"])
+            self.generator.manual_seed(
+                distributed.rank_seed(self.settings.seed, self.rank, self.world, self.iteration)
+            )
+            if self.main:
+                print(
+                    f"resuming a checkpoint of {saved_world} process(es) with {self.world}: "
+                    "task generators reseeded from (seed, rank, world size, iteration "
+                    f"{self.iteration})"
+                )
         # (checkpoints written before these were stored count from 0)
         self.nonfinite_skipped = int(obj.get("nonfinite_skipped", 0))
         self._nonfinite_streak = int(obj.get("nonfinite_streak", 0))
-        truncate_log(self.run_dir / "log.jsonl", self.iteration)
+        if self.main:
+            truncate_log(self.run_dir / "log.jsonl", self.iteration)
 
     def init_from(self, path: str | os.PathLike) -> None:
         """Start from the weights of a checkpoint or model file (fresh optimizer, iteration 0)."""
@@ -211,9 +262,10 @@ class Trainer:
         self.learner.train()
         self.optimizer.zero_grad(set_to_none=True)
         # the post-modulation loss (an extra forward pass) only where it is logged
-        stats = self.learner.meta_train_step(
-            self.sample_batch(self.generator), post_mod_loss=self._logs(self.iteration + 1)
-        )
+        batch = self.sample_batch(self.generator)
+        stats = self.learner.meta_train_step(batch, post_mod_loss=self._logs(self.iteration + 1))
+        if self.world > 1:
+            stats = self._reduce(stats, batch.num_tasks)
         finite = math.isfinite(stats["loss"])
         clip = self.settings.grad_clip
         groups = {} if self.settings.learner_steps else self.learner.parameter_groups()
@@ -234,14 +286,30 @@ class Trainer:
         self.iteration += 1
         return stats
 
+    def _reduce(self, stats: dict[str, float], num_tasks: int) -> dict[str, float]:
+        """The whole meta-batch's gradient and stats from every process's share, and
+        the stop and time-limit decisions (any process's signal or deadline)."""
+        local = [float(self._stop is not None), float(time.perf_counter() >= self._deadline)]
+        stats, (stop, time_up) = distributed.reduce_step(
+            self.learner.parameters(), stats, num_tasks, local
+        )
+        if stop and self._agreed_stop is None:
+            self._agreed_stop = self._stop if self._stop is not None else signal.SIGTERM
+        self._agreed_time_up = self._agreed_time_up or time_up > 0
+        return stats
+
+    def _stopping(self) -> int | None:
+        return self._stop if self.world == 1 else self._agreed_stop
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop is not None:  # second signal: stop now
             raise KeyboardInterrupt
         self._stop = signum
-        tqdm.write(
-            f"{signal.Signals(signum).name}: finishing iteration {self.iteration + 1}, "
-            "then saving a checkpoint (signal again to abort without saving)"
-        )
+        if self.main:
+            tqdm.write(
+                f"{signal.Signals(signum).name}: finishing iteration {self.iteration + 1}, "
+                "then saving a checkpoint (signal again to abort without saving)"
+            )
 
     def fit(self) -> TrainResult:
         """Run until `settings.iterations` or a SIGINT/SIGTERM (which saves and returns)."""
@@ -253,7 +321,8 @@ class Trainer:
                 handlers[sig] = signal.signal(sig, self._on_signal)
         except ValueError:  # not the main thread: no signal handling
             pass
-        logger = MetricsLogger(self.run_dir, tensorboard=self.tensorboard)
+        distributed.broadcast_state(self.learner)
+        logger = MetricsLogger(self.run_dir, tensorboard=self.tensorboard) if self.main else None
         bar = tqdm(
             total=s.iterations, initial=self.iteration, disable=not self.progress,
             dynamic_ncols=True, desc=self.run_dir.name,
@@ -261,44 +330,52 @@ class Trainer:
         try:
             start = tic = time.perf_counter()
             tic_iteration = self.iteration
+            if s.time_limit is not None:
+                self._deadline = start + s.time_limit
             out_of_time = False
-            while self.iteration < s.iterations and self._stop is None and not out_of_time:
+            while self.iteration < s.iterations and self._stopping() is None and not out_of_time:
                 stats = self.step()
                 if self._nonfinite_streak >= MAX_NONFINITE_STREAK:
-                    logger.log(self.iteration, **stats)
-                    tqdm.write(
-                        f"iteration {self.iteration}: the loss or gradients were not finite for "
-                        f"{self._nonfinite_streak} iterations in a row (all skipped); stopping. "
-                        f"The weights and {self.checkpoint_path} are finite."
-                    )
+                    if self.main:
+                        logger.log(self.iteration, **stats)
+                        tqdm.write(
+                            f"iteration {self.iteration}: the loss or gradients were not finite "
+                            f"for {self._nonfinite_streak} iterations in a row (all skipped); "
+                            f"stopping. The weights and {self.checkpoint_path} are finite."
+                        )
                     return TrainResult(self.iteration, False, diverged=True)
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
                 it = self.iteration
-                if self._logs(it):
+                if self.main and self._logs(it):
                     now = time.perf_counter()
                     logger.log(it, **stats, sec_per_iter=(now - tic) / (it - tic_iteration))
                     tic, tic_iteration = now, it
-                if self.validate and s.validate_every and it % s.validate_every == 0:
+                if self.main and self.validate and s.validate_every and it % s.validate_every == 0:
                     logger.log(
                         it, **{f"val/{k}": v for k, v in self.validate(self.learner).items()}
                     )
                 if it % s.checkpoint_every == 0:
                     self.save_checkpoint()
-                out_of_time = (
-                    s.time_limit is not None and time.perf_counter() - start >= s.time_limit
-                )
-            if self._stop is not None:
+                if self.world > 1:
+                    out_of_time = self._agreed_time_up
+                else:
+                    out_of_time = (
+                        s.time_limit is not None and time.perf_counter() - start >= s.time_limit
+                    )
+            if self._stopping() is not None:
                 self.save_checkpoint()
-                tqdm.write(
-                    f"checkpoint saved at iteration {self.iteration}: {self.checkpoint_path}"
-                )
-                return TrainResult(self.iteration, False, self._stop)
+                if self.main:
+                    tqdm.write(
+                        f"checkpoint saved at iteration {self.iteration}: {self.checkpoint_path}"
+                    )
+                return TrainResult(self.iteration, False, self._stopping())
             self.save_checkpoint()
             self.save_model()
             return TrainResult(self.iteration, True, time_limited=self.iteration < s.iterations)
         finally:
             bar.close()
-            logger.close()
+            if logger is not None:
+                logger.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)

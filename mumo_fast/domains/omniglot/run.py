@@ -16,6 +16,7 @@ from ..runs import (
     check_unchanged,
     device_from,
     model_record,
+    rank_share,
     read_metrics,
     read_run,
     train_run,
@@ -157,7 +158,7 @@ def train(args: argparse.Namespace) -> int:
     train_sampler = _sampler(run, "train", device, data_dir)
     test_sampler = _sampler(run, "test", device, data_dir)
     run["data"]["data_dir"] = _data(data_dir).source
-    meta_batch = run["data"]["meta_batch"]
+    meta_batch = rank_share(run["data"]["meta_batch"], "--meta-batch")  # (torchrun: a share)
 
     def sample(gen: torch.Generator):
         return train_sampler.sample(meta_batch, gen)

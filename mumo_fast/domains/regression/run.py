@@ -19,6 +19,7 @@ from ..runs import (
     check_unchanged,
     device_from,
     model_record,
+    rank_share,
     read_run,
     train_run,
     write_metrics,
@@ -184,9 +185,10 @@ def train(args: argparse.Namespace) -> int:
     device = device_from(args.device)
     run = _run_config(args, Path(args.out))
     data = run["data"]
+    # (under torchrun each process draws its share of every mode's tasks)
     sampler = make_sampler(
-        run["num_modes"], data["tasks_per_mode"], data["k_support"], data["l_query"],
-        task_family(run),
+        run["num_modes"], rank_share(data["tasks_per_mode"], "--tasks-per-mode"),
+        data["k_support"], data["l_query"], task_family(run),
     )  # fmt: skip
 
     def finish(learner) -> None:

@@ -1,0 +1,239 @@
+"""Data-parallel meta-training over two gloo processes on the CPU (one thread each):
+the 2-process meta-step equals the 1-process step on the whole meta-batch, the CLI under
+torchrun, resuming a 2-process checkpoint in one process, and a failed peer ending the
+run instead of hanging."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mumo_fast.meta import MetaLearner, TaskBatch
+from mumo_fast.train import Trainer, TrainSettings, distributed, load_file
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo"
+)
+
+WORLD = 2
+
+
+def _init(rank: int, store: str, timeout: float = 60.0) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=timeout),
+    )
+
+
+def _spawn(fn, *args) -> None:
+    mp.spawn(fn, args=args, nprocs=WORLD, join=True)
+
+
+# ------------------------------------------------------------------ one meta-step
+# (kind, tasks, first order, dtype): uneven splits of the meta-batch, 4 + 3 and 3 + 2 tasks
+CASES = [
+    (kind, tasks, first_order, dtype)
+    for kind, tasks in (("mlp", 7), ("conv4", 5))
+    for first_order in (False, True)
+    for dtype in (torch.float64, torch.float32)
+]
+ITERATIONS = 2
+
+
+def _case_id(case) -> str:
+    kind, tasks, first_order, dtype = case
+    return f"{kind}-{'first' if first_order else 'second'}-{str(dtype)[6:]}"
+
+
+def _config(kind: str, first_order: bool) -> dict:
+    # (the plain-torch ops: no compiled extension to load in every fresh process)
+    common = {"first_order": first_order, "backend": "reference"}
+    if kind == "mlp":
+        return {
+            "base": "mlp", "hidden_sizes": [13, 11], "inner_steps": 2, "inner_lr": 0.05,
+            "encoder_hidden": 7, "modulation_hidden": 9, **common,
+        }  # fmt: skip
+    return {
+        "base": "conv4", "image_size": 12, "num_classes": 3, "conv_channels": 5,
+        "num_blocks": 3, "encoder_channels": 4, "encoder_hidden": 6, "modulation_hidden": 7,
+        "inner_steps": 1, "inner_lr": 0.4, **common,
+    }  # fmt: skip
+
+
+def _batch(kind: str, tasks: int, dtype: torch.dtype) -> TaskBatch:
+    g = torch.Generator().manual_seed(11)
+    if kind == "mlp":
+        x = torch.rand(tasks, 9, 1, generator=g, dtype=dtype) * 10 - 5
+        y = torch.sin(x * (1 + torch.rand(tasks, 1, 1, generator=g, dtype=dtype))) * 3
+        y = y + 0.3 * torch.randn(y.shape, generator=g, dtype=dtype)
+        return TaskBatch(x[:, :4], y[:, :4], x[:, 4:], y[:, 4:])
+    # 3-way episodes of random 12x12 images: 2 support and 3 query images per class
+    x = torch.rand(tasks, 15, 1, 12, 12, generator=g, dtype=dtype)
+    labels = torch.stack([torch.randperm(3, generator=g) for _ in range(tasks)]).repeat(1, 5)
+    return TaskBatch(x[:, :6], labels[:, :6], x[:, 6:], labels[:, 6:])
+
+
+def _learner(kind: str, first_order: bool, dtype: torch.dtype, seed: int) -> MetaLearner:
+    torch.manual_seed(seed)
+    return MetaLearner.from_config(_config(kind, first_order)).to(dtype)
+
+
+def _train(learner, sample, run_dir: Path) -> dict:
+    """ITERATIONS trainer steps; the parameters and (clipped) meta-gradients after them."""
+    settings = TrainSettings(iterations=ITERATIONS, lr=0.01, checkpoint_every=1000, seed=3)
+    trainer = Trainer(learner, sample, run_dir, settings, progress=False, tensorboard=False)
+    trainer.fit()
+    return {
+        "params": {n: p.detach().clone() for n, p in learner.named_parameters()},
+        "grads": {n: p.grad.clone() for n, p in learner.named_parameters()},
+    }
+
+
+def _step_worker(rank, store, out):
+    _init(rank, store)
+    try:
+        results = {}
+        for case in CASES:
+            kind, tasks, first_order, dtype = case
+            batch = _batch(kind, tasks, dtype)
+            # ranks start from different weights: the trainer broadcasts rank 0's
+            learner = _learner(kind, first_order, dtype, seed=rank)
+            start = sum(distributed.share(tasks, "--meta-batch", of=r) for r in range(rank))
+            mine = batch.slice(start, start + distributed.share(tasks, "--meta-batch"))
+            run_dir = Path(out) / _case_id(case)
+            results[_case_id(case)] = _train(learner, lambda gen, b=mine: b, run_dir)
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_steps(tmp_path_factory):
+    """Every case trained by 2 processes (one spawn for all): each rank's results."""
+    out = tmp_path_factory.mktemp("steps")
+    _spawn(_step_worker, str(out / "store"), str(out))
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)], out
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_two_processes_step_like_one_on_the_whole_batch(two_process_steps, case):
+    ranks, out = two_process_steps
+    kind, tasks, first_order, dtype = case
+    mine = [r[_case_id(case)] for r in ranks]
+    # every rank holds the same gradient and parameters, bit for bit
+    for name, p in mine[0]["params"].items():
+        assert torch.equal(p, mine[1]["params"][name]), name
+        assert torch.equal(mine[0]["grads"][name], mine[1]["grads"][name]), name
+
+    torch.set_num_threads(1)
+    batch = _batch(kind, tasks, dtype)
+    learner = _learner(kind, first_order, dtype, seed=0)
+    ref = _train(learner, lambda gen: batch, out / f"one-{_case_id(case)}")
+    # float rounding of the meta-gradient, relative to its largest entry (some entries,
+    # e.g. conv biases followed by batch norm, are rounding noise around 0)
+    eps = 1e-12 if dtype == torch.float64 else 1e-5
+    scale = max(float(g.abs().max()) for g in ref["grads"].values())
+    for name, g in ref["grads"].items():
+        torch.testing.assert_close(mine[0]["grads"][name], g, rtol=eps, atol=eps * scale)
+    for name, p in ref["params"].items():
+        # two Adam steps of lr 0.01 from the same weights (each moves a parameter by
+        # about lr * sign(gradient)): rounding of the gradients moves them by far less
+        torch.testing.assert_close(mine[0]["params"][name], p, rtol=0, atol=100 * eps * 0.01)
+    init = dict(_learner(kind, first_order, dtype, seed=0).named_parameters())
+    assert all(not torch.equal(p, init[n]) for n, p in ref["params"].items() if "weight" in n)
+
+
+# ------------------------------------------------------------------ pieces
+def test_share_splits_exactly_and_refuses_an_empty_rank():
+    for total in (2, 5, 7, 64):
+        for world in (1, 2, 3):
+            if total < world:
+                continue
+            shares = [
+                distributed.share(total, "--meta-batch", world=world, of=r) for r in range(world)
+            ]
+            assert sum(shares) == total and max(shares) - min(shares) <= 1
+    with pytest.raises(ValueError, match=r"--meta-batch 1 cannot be split across 2 processes"):
+        distributed.share(1, "--meta-batch", world=2, of=0)
+
+
+def test_rank_seeds_differ_and_repeat():
+    seeds = {distributed.rank_seed(s, r) for s in range(3) for r in range(4)}
+    assert len(seeds) == 12
+    assert distributed.rank_seed(5, 1) == distributed.rank_seed(5, 1)
+    assert distributed.rank_seed(5, 1, 2, 100) != distributed.rank_seed(5, 1)
+
+
+def _timeout_worker(rank, store, out):
+    _init(rank, store, timeout=2.0)
+    if rank == 1:  # this process hangs past the timeout instead of joining the all-reduce
+        time.sleep(6)
+        return
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    start = time.perf_counter()
+    try:
+        distributed.reduce_step([p], {"loss": 1.0}, 4)
+        message = "the all-reduce returned without its peer"
+    except distributed.DistributedError as e:
+        message = str(e)
+    Path(out).write_text(f"{time.perf_counter() - start:.2f}\n{message}")
+    distributed.shutdown()
+
+
+def test_a_hung_peer_ends_the_collective_with_an_error(tmp_path):
+    _spawn(_timeout_worker, str(tmp_path / "store"), str(tmp_path / "out"))
+    seconds, message = (tmp_path / "out").read_text().split("\n", 1)
+    assert message.startswith("rank 0: the meta-gradient all-reduce failed"), message
+    assert "--dist-timeout" in message
+    assert float(seconds) < 5.5  # the 2 s timeout, not the peer's return after 6 s
+
+
+# ------------------------------------------------------------------ the CLI under torchrun
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_torchrun_trains_and_one_process_resumes(tmp_path):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--skip-eval", "--quiet", "--no-tensorboard", "--threads", "1"]
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    train = ["-m", "mumo_fast.cli", "train", "regression", "--tasks-per-mode", "3"]
+    done = _cli(
+        *launch, *train, "--iterations", "4", "--checkpoint-every", "2", *common, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = load_file(out / "checkpoint.ckpt")
+    assert ckpt["iteration"] == 4 and ckpt["world_size"] == 2
+    states = [s["data"] for s in ckpt["rank_rng"]]
+    assert len(states) == 2 and not torch.equal(states[0], states[1])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.ckpt", "log.jsonl", "model.pt", "run.json",
+    ]  # fmt: skip
+    log = (out / "log.jsonl").read_text().splitlines()
+    assert len(log) == 1  # one writer: iteration 4 (the last), logged once
+
+    more = _cli(*train, "--iterations", "6", "--resume", *common, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "resuming a checkpoint of 2 process(es) with 1" in more.stdout
+    obj = load_file(out / "checkpoint.ckpt")
+    assert obj["iteration"] == 6 and "world_size" not in obj
+    for name, p in obj["state_dict"].items():
+        assert torch.isfinite(p).all(), name
+    assert any(not torch.equal(p, ckpt["state_dict"][n]) for n, p in obj["state_dict"].items())
