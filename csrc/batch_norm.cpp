@@ -17,8 +17,9 @@ struct Coef {
 };
 
 template <typename scalar_t>
-inline Coef coef(const TCVec<scalar_t>& w, const TCVec<scalar_t>& b, const TCVec<scalar_t>& g,
-                 const TCVec<scalar_t>& be, int64_t t, int64_t c) {
+inline Coef coef(const ChannelVec<scalar_t>& w, const ChannelVec<scalar_t>& b,
+                 const ChannelVec<scalar_t>& g, const ChannelVec<scalar_t>& be, int64_t t,
+                 int64_t c) {
   return {acc_t(w.row(t)[c]), acc_t(b.row(t)[c]), acc_t(g.row(t)[c]), acc_t(be.row(t)[c])};
 }
 
@@ -34,8 +35,8 @@ inline scalar_t affine_act(scalar_t x, scalar_t mean, scalar_t a, scalar_t b) {
 template <typename scalar_t, bool kRelu>
 void bn_fwd_kernel(const scalar_t* x, scalar_t* y, scalar_t* mean_out, scalar_t* rstd_out,
                    int64_t T, int64_t N, int64_t C, int64_t S, double eps,
-                   const TCVec<scalar_t>& w, const TCVec<scalar_t>& b, const TCVec<scalar_t>& g,
-                   const TCVec<scalar_t>& be) {
+                   const ChannelVec<scalar_t>& w, const ChannelVec<scalar_t>& b,
+                   const ChannelVec<scalar_t>& g, const ChannelVec<scalar_t>& be) {
   const acc_t m = acc_t(N * S);
   auto stats = [&](int64_t t, int64_t c, acc_t shift, acc_t s1, acc_t s2, scalar_t& a_out,
                    scalar_t& b_out) {
@@ -140,8 +141,8 @@ void bn_fwd_kernel(const scalar_t* x, scalar_t* y, scalar_t* mean_out, scalar_t*
 template <typename scalar_t, Act act>
 void bn_bwd_kernel(const scalar_t* gy, const scalar_t* x, const scalar_t* y,
                    const scalar_t* mean, const scalar_t* rstd, scalar_t* dx, int64_t T,
-                   int64_t N, int64_t C, int64_t S, const TCVec<scalar_t>& w,
-                   const TCVec<scalar_t>& b, const TCVec<scalar_t>& g, scalar_t* dweight,
+                   int64_t N, int64_t C, int64_t S, const ChannelVec<scalar_t>& w,
+                   const ChannelVec<scalar_t>& b, const ChannelVec<scalar_t>& g, scalar_t* dweight,
                    scalar_t* dbias, scalar_t* dgamma, scalar_t* dbeta) {
   const acc_t m = acc_t(N * S);
   auto outputs = [&](int64_t t, int64_t c, acc_t s0, acc_t s1, scalar_t& k, scalar_t& c0,
@@ -266,16 +267,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_fwd(const at::Tensor& x_in,
   check_x4(x_in, "bn_fwd");
   const at::Tensor x = x_in.contiguous();
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), S = x.size(3);
-  check_tc(w_in, "weight", x, T, C);
-  check_tc(b_in, "bias", x, T, C);
-  check_tc(g_in, "gamma", x, T, C);
-  check_tc(be_in, "beta", x, T, C);
+  check_channel_vector(w_in, "weight", x, T, C);
+  check_channel_vector(b_in, "bias", x, T, C);
+  check_channel_vector(g_in, "gamma", x, T, C);
+  check_channel_vector(be_in, "beta", x, T, C);
   const auto w = contig(w_in), b = contig(b_in), g = contig(g_in), be = contig(be_in);
   at::Tensor y = at::empty_like(x);
   at::Tensor mean = at::empty({T, C}, x.options());
   at::Tensor rstd = at::empty({T, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mumo_fast_bn_fwd", [&] {
-    TCVec<scalar_t> wv(w, C, 1), bv(b, C, 0), gv(g, C, 1), bev(be, C, 0);
+    ChannelVec<scalar_t> wv(w, C, 1), bv(b, C, 0), gv(g, C, 1), bev(be, C, 0);
     auto* xp = x.data_ptr<scalar_t>();
     auto* yp = y.data_ptr<scalar_t>();
     if (act == Act::Relu) {
@@ -301,18 +302,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_bwd(
               "mumo_fast.bn_bwd: gy, x, y must have the same shape");
   const at::Tensor gy = gy_in.contiguous(), x = x_in.contiguous(), y = y_in.contiguous();
   const int64_t T = x.size(0), N = x.size(1), C = x.size(2), S = x.size(3);
-  check_tc(mean_in, "mean", x, T, C);
-  check_tc(rstd_in, "rstd", x, T, C);
-  check_tc(w_in, "weight", x, T, C);
-  check_tc(b_in, "bias", x, T, C);
-  check_tc(g_in, "gamma", x, T, C);
+  check_channel_vector(mean_in, "mean", x, T, C);
+  check_channel_vector(rstd_in, "rstd", x, T, C);
+  check_channel_vector(w_in, "weight", x, T, C);
+  check_channel_vector(b_in, "bias", x, T, C);
+  check_channel_vector(g_in, "gamma", x, T, C);
   const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   const auto w = contig(w_in), b = contig(b_in), g = contig(g_in);
   at::Tensor dx = at::empty_like(x);
   auto tc = [&] { return at::empty({T, C}, x.options()); };
   at::Tensor dweight = tc(), dbias = tc(), dgamma = tc(), dbeta = tc();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mumo_fast_bn_bwd", [&] {
-    TCVec<scalar_t> wv(w, C, 1), bv(b, C, 0), gv(g, C, 1);
+    ChannelVec<scalar_t> wv(w, C, 1), bv(b, C, 0), gv(g, C, 1);
     dispatch_act(act, [&](auto tag) {
       bn_bwd_kernel<scalar_t, decltype(tag)::value>(
           gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),

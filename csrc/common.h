@@ -86,12 +86,12 @@ inline int64_t grain_for(int64_t per_item) {
 // A [T, C] vector argument that may be absent: data pointer, or a row of `fill`
 // values shared by every task (so that the inner loops stay branch-free).
 template <typename scalar_t>
-struct TCVec {
+struct ChannelVec {
   const scalar_t* ptr;
   int64_t task_stride;
   std::vector<scalar_t> fill_buf;
 
-  TCVec(const c10::optional<at::Tensor>& v, int64_t C, scalar_t fill) {
+  ChannelVec(const c10::optional<at::Tensor>& v, int64_t C, scalar_t fill) {
     if (v.has_value() && v->defined()) {
       ptr = v->data_ptr<scalar_t>();
       task_stride = C;
@@ -109,8 +109,9 @@ inline c10::optional<at::Tensor> contig(const c10::optional<at::Tensor>& v) {
   return c10::nullopt;
 }
 
-void check_tc(const c10::optional<at::Tensor>& v, const char* name, const at::Tensor& like,
-              int64_t T, int64_t C);
+// Checks an optional [T, C] vector argument (dtype and shape), naming it in the error.
+void check_channel_vector(const c10::optional<at::Tensor>& v, const char* name,
+                          const at::Tensor& like, int64_t T, int64_t C);
 
 // z = in + bias and y = act(z * gamma + beta) for tasks [t0, t0 + tcount) of the
 // contiguous [T, N, C, S] tensors z, y. `in` holds those tasks' pre-bias values,

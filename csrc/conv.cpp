@@ -46,9 +46,9 @@ std::tuple<at::Tensor, at::Tensor> conv_fwd(const at::Tensor& x_in, const at::Te
   const int64_t HO = (H + 2 * padding[0] - KH) / stride[0] + 1;
   const int64_t WO = (W + 2 * padding[1] - KW) / stride[1] + 1;
   const int64_t S = HO * WO;
-  check_tc(bias_in, "bias", x, T, O);
-  check_tc(gamma_in, "gamma", x, T, O);
-  check_tc(beta_in, "beta", x, T, O);
+  check_channel_vector(bias_in, "bias", x, T, O);
+  check_channel_vector(gamma_in, "gamma", x, T, O);
+  check_channel_vector(beta_in, "beta", x, T, O);
   const auto bias = contig(bias_in), gamma = contig(gamma_in), beta = contig(beta_in);
 
   if (!per_task && S < kSharedLoopMinPositions) {

@@ -9,8 +9,8 @@
 
 namespace mumo_fast {
 
-void check_tc(const c10::optional<at::Tensor>& v, const char* name, const at::Tensor& like,
-              int64_t T, int64_t C) {
+void check_channel_vector(const c10::optional<at::Tensor>& v, const char* name,
+                          const at::Tensor& like, int64_t T, int64_t C) {
   if (!v.has_value() || !v->defined()) return;
   TORCH_CHECK(v->dim() == 2 && v->size(0) == T && v->size(1) == C, "mumo_fast: ", name,
               " must have shape [", T, ", ", C, "], got ", v->sizes());
@@ -30,8 +30,8 @@ namespace {
 template <typename scalar_t, bool kRelu>
 void epilogue_fwd_kernel(const scalar_t* in, int64_t in_st, int64_t in_sn, int64_t t0,
                          int64_t tcount, scalar_t* z, scalar_t* y, int64_t N, int64_t C,
-                         int64_t S, const TCVec<scalar_t>& bias, const TCVec<scalar_t>& gamma,
-                         const TCVec<scalar_t>& beta) {
+                         int64_t S, const ChannelVec<scalar_t>& bias,
+                         const ChannelVec<scalar_t>& gamma, const ChannelVec<scalar_t>& beta) {
   const int64_t row = C * S;
   at::parallel_for(0, tcount * N, grain_for(row), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -113,7 +113,7 @@ inline std::pair<scalar_t, scalar_t> epilogue_bwd_row(const scalar_t* gy, const 
 template <typename scalar_t, Act A>
 void epilogue_bwd_kernel(const scalar_t* gy, const scalar_t* y, const scalar_t* z, scalar_t* dz,
                          int64_t T, int64_t N, int64_t C, int64_t S,
-                         const TCVec<scalar_t>& gamma, scalar_t* dgamma, scalar_t* dbeta,
+                         const ChannelVec<scalar_t>& gamma, scalar_t* dgamma, scalar_t* dbeta,
                          scalar_t* dbias) {
   using acc_t = double;
   if (S < kSmallS || T >= at::get_num_threads() * kTasksPerThread) {
@@ -201,7 +201,8 @@ void epilogue_fwd_into(const at::Tensor& in, int64_t in_st, int64_t in_sn, int64
                        const c10::optional<at::Tensor>& beta, Act act) {
   const int64_t N = z.size(1), C = z.size(2), S = z.size(3);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "mumo_fast_epilogue_fwd", [&] {
-    TCVec<scalar_t> b(bias, C, scalar_t(0)), g(gamma, C, scalar_t(1)), be(beta, C, scalar_t(0));
+    ChannelVec<scalar_t> b(bias, C, scalar_t(0)), g(gamma, C, scalar_t(1));
+    ChannelVec<scalar_t> be(beta, C, scalar_t(0));
     const scalar_t* src = in.data_ptr<scalar_t>();
     if (act == Act::Relu) {
       epilogue_fwd_kernel<scalar_t, true>(src, in_st, in_sn, t0, tcount, z.data_ptr<scalar_t>(),
@@ -224,14 +225,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> epilogue_bwd(
               "mumo_fast.epilogue_bwd: gy, y, z must have the same shape");
   const at::Tensor gy = gy_in.contiguous(), y = y_in.contiguous(), z = z_in.contiguous();
   const int64_t T = z.size(0), N = z.size(1), C = z.size(2), S = z.size(3);
-  check_tc(gamma_in, "gamma", z, T, C);
+  check_channel_vector(gamma_in, "gamma", z, T, C);
   const auto gamma = contig(gamma_in);
   at::Tensor dz = at::empty_like(z);
   at::Tensor dgamma = at::empty({T, C}, z.options());
   at::Tensor dbeta = at::empty({T, C}, z.options());
   at::Tensor dbias = at::empty({T, C}, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "mumo_fast_epilogue_bwd", [&] {
-    TCVec<scalar_t> g(gamma, C, scalar_t(1));
+    ChannelVec<scalar_t> g(gamma, C, scalar_t(1));
     dispatch_act(act, [&](auto tag) {
       epilogue_bwd_kernel<scalar_t, decltype(tag)::value>(
           gy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),

@@ -22,9 +22,9 @@ std::tuple<at::Tensor, at::Tensor> finish(at::Tensor z3, const c10::optional<at:
 void check_vectors(const at::Tensor& x, int64_t T, int64_t O,
                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& gamma,
                    const c10::optional<at::Tensor>& beta) {
-  check_tc(bias, "bias", x, T, O);
-  check_tc(gamma, "gamma", x, T, O);
-  check_tc(beta, "beta", x, T, O);
+  check_channel_vector(bias, "bias", x, T, O);
+  check_channel_vector(gamma, "gamma", x, T, O);
+  check_channel_vector(beta, "beta", x, T, O);
 }
 
 }  // namespace

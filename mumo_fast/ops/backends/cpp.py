@@ -17,7 +17,7 @@ from torch import Tensor
 from . import cpp_build, eager
 
 _state: dict[str, object] = {}
-_FAST_DTYPES = (torch.float32, torch.float64)
+_KERNEL_DTYPES = (torch.float32, torch.float64)
 OP_NAMES = (
     "linear_fwd",
     "linear_lowrank_fwd",
@@ -62,8 +62,10 @@ def _op(name: str):
     return getattr(torch.ops.mumo_fast, name).default
 
 
-def _fast(x: Tensor) -> bool:
-    return x.dtype in _FAST_DTYPES and x.device.type == "cpu"
+def _has_kernels(x: Tensor) -> bool:
+    """Whether the C++ kernels take ``x`` (float32 or float64 on the CPU); other inputs go
+    to the eager composition."""
+    return x.dtype in _KERNEL_DTYPES and x.device.type == "cpu"
 
 
 # ---- raw ops (signatures of eager.py) ----
@@ -71,50 +73,50 @@ def _fast(x: Tensor) -> bool:
 
 def linear_fwd(x, weight, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
     """x [T,N,IN], weight [T,OUT,IN] | [OUT,IN] -> (y, z) both [T,N,OUT]."""
-    if not _fast(x):
+    if not _has_kernels(x):
         return eager.linear_fwd(x, weight, bias, gamma, beta, act)
-    return _raw("linear_fwd")(x, weight, bias, gamma, beta, act)
+    return _loaded_op("linear_fwd")(x, weight, bias, gamma, beta, act)
 
 
 def linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
     """x [T,N,IN], weight [OUT,IN], u [T,R,IN], v [T,R,OUT] -> (y, z) both [T,N,OUT]."""
-    if not _fast(x):
+    if not _has_kernels(x):
         return eager.linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act)
-    return _raw("linear_lowrank_fwd")(x, weight, u, v, bias, gamma, beta, act)
+    return _loaded_op("linear_lowrank_fwd")(x, weight, u, v, bias, gamma, beta, act)
 
 
 def conv_fwd(x, weight, bias, gamma, beta, stride, padding, act: str) -> tuple[Tensor, Tensor]:
     """x [T,N,C,H,W], weight [T,O,C,KH,KW] | [O,C,KH,KW] -> (y, z) both [T,N,O,H',W']."""
-    if not _fast(x):
+    if not _has_kernels(x):
         return eager.conv_fwd(x, weight, bias, gamma, beta, stride, padding, act)
-    return _raw("conv_fwd")(x, weight, bias, gamma, beta, list(stride), list(padding), act)
+    return _loaded_op("conv_fwd")(x, weight, bias, gamma, beta, list(stride), list(padding), act)
 
 
 def epilogue_bwd(gy, y, z, gamma, act: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """[T,N,C,S] -> (dz [T,N,C,S], dgamma, dbeta, dbias [T,C])."""
-    if not _fast(y):
+    if not _has_kernels(y):
         return eager.epilogue_bwd(gy, y, z, gamma, act)
-    return _raw("epilogue_bwd")(gy, y, z, gamma, act)
+    return _loaded_op("epilogue_bwd")(gy, y, z, gamma, act)
 
 
 def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str) -> tuple[Tensor, Tensor, Tensor]:
     """x [T,N,C,S] -> (y [T,N,C,S], mean [T,C], rstd [T,C])."""
-    if not _fast(x):
+    if not _has_kernels(x):
         return eager.bn_fwd(x, weight, bias, gamma, beta, eps, act)
-    return _raw("bn_fwd")(x, weight, bias, gamma, beta, float(eps), act)
+    return _loaded_op("bn_fwd")(x, weight, bias, gamma, beta, float(eps), act)
 
 
 def bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act: str):
     """-> (dx [T,N,C,S], dweight, dbias, dgamma, dbeta [T,C])."""
-    if not _fast(x):
+    if not _has_kernels(x):
         return eager.bn_bwd(gy, x, y, mean, rstd, weight, bias, gamma, act)
-    return _raw("bn_bwd")(gy, x, y, mean, rstd, weight, bias, gamma, act)
+    return _loaded_op("bn_bwd")(gy, x, y, mean, rstd, weight, bias, gamma, act)
 
 
 _OPS: dict[str, object] = {}
 
 
-def _raw(name: str):
+def _loaded_op(name: str):
     """The registered raw op, loading the extension on first use."""
     if name not in _OPS and not available():
         raise RuntimeError(f"mumo_fast: backend 'cpp' is unavailable: {_state['error']}")
@@ -140,24 +142,14 @@ def conv_bwd_per_task(dz, x, weight, stride, padding, need_x: bool, need_w: bool
     -> (dx | None, dweight | None). Task by task in C++ (measured 1.5-3x faster than
     the grouped call, which also copies x and dz into the [N, T*C, H, W] layout), each
     gradient by im2col + GEMM (float32/64) or one aten call per task (see above)."""
-    dx, dw = _raw("conv_bwd_per_task")(
+    dx, dw = _loaded_op("conv_bwd_per_task")(
         dz, x, weight, list(stride), list(padding), bool(need_x), bool(need_w),
         DX_IM2COL_MAX_POSITIONS, DW_IM2COL_MAX_POSITIONS,
     )  # fmt: skip
     return (dx if need_x else None), (dw if need_w else None)
 
 
-def clamped_sgd(params, grads, lr, clamp) -> list[Tensor]:
-    """theta - lr * clamp(grad) with one ``torch.add(alpha=-lr)`` per parameter for float
-    lr: one pass over the weights instead of two (mul, sub), and a one-op backward;
-    differentiable to any order like the reference composition."""
-    lrs = lr if isinstance(lr, (list, tuple)) else [lr] * len(params)
-    out = []
-    for p, g, a in zip(params, grads, lrs):
-        if clamp is not None:
-            g = g.clamp(-clamp, clamp)
-        out.append(p - a * g if isinstance(a, Tensor) else torch.add(p, g, alpha=-float(a)))
-    return out
+# (no clamped_sgd: ``ops.clamped_sgd`` runs the reference's, torch ops per parameter)
 
 
 # one batched GEMM accumulating into the weight is already the fused form
