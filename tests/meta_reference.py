@@ -48,7 +48,7 @@ def meta_loss(learner, batch, steps=None):
         loss_fn = F.mse_loss
     else:
         loss_fn = F.cross_entropy
-    names = [n for n, _ in learner.template.named_parameters()]
+    names = learner._param_names
     clamp = cfg["inner_grad_clamp"]
     total = 0
     for t in range(batch.num_tasks):

@@ -5,8 +5,11 @@ Functions inside MAML's second-order meta-gradient."""
 import pytest
 import torch
 from meta_reference import meta_loss
+from torch.func import functional_call
 
 from mumo_fast.meta import MetaLearner, TaskBatch, inner_loop
+from mumo_fast.meta import fast_weights as fw_types
+from mumo_fast.nn import FiLMLinear
 from ops_cases import ALL_BACKENDS
 
 F64 = {"atol": 1e-10, "rtol": 1e-9}
@@ -81,6 +84,33 @@ def assert_grads_equal(a, b, tol=F64):
         torch.testing.assert_close(a[n], b[n], **tol, msg=lambda m, n=n: f"{n}: {m}")
 
 
+def spy_clamp(monkeypatch):
+    """What each low-rank step did with the clamp, in order: "none" (it binds nowhere),
+    "lowrank" (its correction kept low-rank), "dense" (the layer switched to dense)."""
+    seen = []
+    binding, correction = fw_types.clamp_binding, fw_types.clamp_correction
+    dense = fw_types.LowRankLinear.dense
+
+    def spy_binding(*args):
+        out = binding(*args)
+        if out is None:
+            seen.append("none")
+        return out
+
+    def spy_correction(*args):
+        seen.append("lowrank")
+        return correction(*args)
+
+    def spy_dense(self, *args):
+        seen.append("dense")
+        return dense(self, *args)
+
+    monkeypatch.setattr(fw_types, "clamp_binding", spy_binding)
+    monkeypatch.setattr(fw_types, "clamp_correction", spy_correction)
+    monkeypatch.setattr(fw_types.LowRankLinear, "dense", spy_dense)
+    return seen
+
+
 def check_against_loop(learner, batch, tol=F64):
     stats, ours = grads_of(learner, lambda: learner.meta_train_step(batch))
     ref_loss, ref = grads_of(learner, lambda: meta_loss(learner, batch).backward() or None)
@@ -122,11 +152,13 @@ def test_maml_lstm_linear_heads_match_loop(backend):
     check_against_loop(learner, regression_batch(t=3))
 
 
-def test_dense_and_lowrank_meta_gradients_identical():
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
+def test_dense_and_lowrank_meta_gradients_identical(backend):
     batch = regression_batch(t=6, k=5, q=7, seed=3)
     results = {}
     for fw in ("dense", "lowrank", "auto"):
-        learner = make(mlp_cfg(fast_weights=fw, inner_steps=3, learn_inner_lr=True), seed=1)
+        cfg = mlp_cfg(fast_weights=fw, inner_steps=3, learn_inner_lr=True, backend=backend)
+        learner = make(cfg, seed=1)
         results[fw] = grads_of(learner, lambda learner=learner: learner.meta_train_step(batch))
     for fw in ("lowrank", "auto"):
         assert abs(results[fw][0]["loss"] - results["dense"][0]["loss"]) < 1e-12
@@ -148,16 +180,8 @@ def test_clamp_matches_loop(fast_weights, rank_fraction, extra, backend, monkeyp
     # inner lr large enough for the clamp to matter; 0.5 binds for some layers, not all.
     # rank_fraction 1: most binding low-rank layers need too much rank for the correction
     # and switch to dense mid-loop; 1e3: they all keep the low-rank correction.
-    seen = []
-    original = inner_loop._clamp_correction
-
-    def spy(*args):
-        out = original(*args)
-        seen.append("none" if out is None else "dense" if out is False else "lowrank")
-        return out
-
-    monkeypatch.setattr(inner_loop, "_clamp_correction", spy)
-    monkeypatch.setattr(inner_loop, "CLAMP_RANK_FRACTION", rank_fraction)
+    seen = spy_clamp(monkeypatch)
+    monkeypatch.setattr(fw_types, "CLAMP_RANK_FRACTION", rank_fraction)
     cfg = mlp_cfg(
         inner_grad_clamp=0.5, fast_weights=fast_weights, inner_lr=0.1, backend=backend, **extra
     )
@@ -173,22 +197,19 @@ def test_clamp_matches_loop(fast_weights, rank_fraction, extra, backend, monkeyp
     assert abs(a - b) > 1e-6  # the clamp did bind
 
 
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
-def test_lowrank_clamp_matches_loop_over_seeds(seed, monkeypatch):
+def test_lowrank_clamp_matches_loop_over_seeds(seed, backend, monkeypatch):
     """The low-rank correction (kept low-rank: rank fraction 1e3) on several batches and
     initialisations: with a clamp that binds in some tasks and layers, not all, any task the
     cheap bound wrongly settles as "cannot bind" shows as a loss off the loop's."""
-    kinds = []
-    original = inner_loop._clamp_correction
-    monkeypatch.setattr(
-        inner_loop,
-        "_clamp_correction",
-        lambda *a: kinds.append(original(*a)) or kinds[-1],
+    kinds = spy_clamp(monkeypatch)
+    monkeypatch.setattr(fw_types, "CLAMP_RANK_FRACTION", 1e3)
+    cfg = mlp_cfg(
+        inner_grad_clamp=0.3, fast_weights="lowrank", inner_lr=0.1, inner_steps=3, backend=backend
     )
-    monkeypatch.setattr(inner_loop, "CLAMP_RANK_FRACTION", 1e3)
-    cfg = mlp_cfg(inner_grad_clamp=0.3, fast_weights="lowrank", inner_lr=0.1, inner_steps=3)
     check_against_loop(make(cfg, seed=seed), regression_batch(t=6, seed=seed))
-    assert any(k is not None and k is not False for k in kinds)  # the correction was used
+    assert "lowrank" in kinds  # the correction was used
 
 
 def _edge_batches(seed):
@@ -217,12 +238,12 @@ def test_clamp_bound_never_misses_a_binding_clamp(seed):
         for t in range(d.shape[0]):
             for frac in (1 - 1e-9, 0.9, 0.6, 0.45):
                 clamp = float(g_max[t]) * frac
-                may = inner_loop._clamp_may_bind(d, a, clamp)
+                may = fw_types._clamp_may_bind(d, a, clamp)
                 assert bool(may[t]), (seed, t, frac, d.shape)
         # far above every bound (the trivial one: sum_k |D| |A| <= K max|D| max|A|)
         k = d.shape[1]
         huge = 1.01 * k * float(d.abs().amax()) * float(a.abs().amax())
-        assert not bool(inner_loop._clamp_may_bind(d, a, huge).any())
+        assert not bool(fw_types._clamp_may_bind(d, a, huge).any())
 
 
 def test_clamp_bound_is_tight_at_k1():
@@ -231,7 +252,7 @@ def test_clamp_bound_is_tight_at_k1():
     d = torch.randn(5, 1, 6, generator=g, dtype=torch.float64)
     a = torch.randn(5, 1, 4, generator=g, dtype=torch.float64)
     g_max = torch.bmm(d.transpose(1, 2), a).abs().amax(dim=(1, 2))
-    assert not bool(inner_loop._clamp_may_bind(d, a, float(g_max.max()) * (1 + 1e-9)).any())
+    assert not bool(fw_types._clamp_may_bind(d, a, float(g_max.max()) * (1 + 1e-9)).any())
 
 
 @pytest.mark.parametrize("by", ["rows", "cols"])
@@ -247,7 +268,7 @@ def test_clamp_correction_is_the_clamp_excess(by):
     big[0, :, 2] *= 40
     big[0, :, 5] *= 40
     big[3, :, 7] *= 40
-    u, v = inner_loop._clamp_correction(d, a, clamp, lr, rank=k)
+    u, v = fw_types.clamp_correction(d, a, clamp, lr, fw_types.clamp_binding(d, a, clamp))
     assert u.shape[1] == 2  # rank added: the most binding rows (columns) of any task
     one_hot = v if by == "rows" else u
     assert bool(((one_hot == 0) | (one_hot == 1)).all())
@@ -255,13 +276,14 @@ def test_clamp_correction_is_the_clamp_excess(by):
     torch.testing.assert_close(
         torch.bmm(v.transpose(1, 2), u), lr * (full - full.clamp(-clamp, clamp)), **F64
     )
-    assert inner_loop._clamp_correction(d * 1e-3, a, clamp, lr, rank=k) is None
+    assert fw_types.clamp_binding(d * 1e-3, a, clamp) is None
 
 
-def test_clamp_that_never_binds_keeps_lowrank_exact():
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
+def test_clamp_that_never_binds_keeps_lowrank_exact(backend):
     batch = regression_batch()
-    a = make(mlp_cfg(inner_grad_clamp=1e6, fast_weights="lowrank"))
-    b = make(mlp_cfg(fast_weights="dense"))
+    a = make(mlp_cfg(inner_grad_clamp=1e6, fast_weights="lowrank", backend=backend))
+    b = make(mlp_cfg(fast_weights="dense", backend=backend))
     assert_grads_equal(
         grads_of(a, lambda: a.meta_train_step(batch))[1],
         grads_of(b, lambda: b.meta_train_step(batch))[1],
@@ -280,9 +302,10 @@ def test_chunked_equals_unchunked(first_order):
     assert_grads_equal(ga, gb)
 
 
-def test_multi_maml_routes_by_mode():
-    modes = torch.tensor([2, 0, 2, 2, 0])
-    learner = make(mlp_cfg(method="multi-maml", num_modes=4))
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
+def test_multi_maml_routes_by_mode(backend):
+    modes = torch.tensor([2, 0, 2, 2, 0], device=torch.get_default_device())
+    learner = make(mlp_cfg(method="multi-maml", num_modes=4, backend=backend))
     batch = regression_batch(modes=modes)
     learner.zero_grad()
     learner.meta_train_step(batch)
@@ -299,7 +322,7 @@ def test_multi_maml_routes_by_mode():
         batch.support_y,
         batch.query_x,
         batch.query_y,
-        torch.tensor([0, 2, 2, 2, 0]),
+        torch.tensor([0, 2, 2, 2, 0], device=torch.get_default_device()),
     )
     assert (
         abs(learner.meta_train_step(other)["loss"] - learner.meta_train_step(batch)["loss"]) > 1e-6
@@ -349,15 +372,43 @@ def test_mlp_classifier_matches_loop(fast_weights, backend):
     check_against_loop(make(cfg), batch)
 
 
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
 @pytest.mark.parametrize("fast_weights", ["dense", "auto"])
-def test_generic_path_equals_written_out_chain(fast_weights, monkeypatch):
+def test_generic_path_equals_written_out_chain(fast_weights, backend, monkeypatch):
     """The MLP takes the written-out chain backward; forcing the generic autograd path
     must give the same meta-gradients."""
     batch = regression_batch(t=4, seed=5)
-    chained = make(mlp_cfg(fast_weights=fast_weights, learn_inner_lr=True), seed=2)
+    cfg = mlp_cfg(fast_weights=fast_weights, learn_inner_lr=True, backend=backend)
+    chained = make(cfg, seed=2)
     sa, ga = grads_of(chained, lambda: chained.meta_train_step(batch))
     monkeypatch.setattr(inner_loop, "_chain", lambda *args: None)
-    generic = make(mlp_cfg(fast_weights=fast_weights, learn_inner_lr=True), seed=2)
+    generic = make(cfg, seed=2)
     sb, gb = grads_of(generic, lambda: generic.meta_train_step(batch))
     assert abs(sa["loss"] - sb["loss"]) < 1e-12
     assert_grads_equal(ga, gb)
+
+
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
+def test_lowrank_weights_equal_dense_weights(backend):
+    """A low-rank linear layer's forward equals the dense per-task weights ``W + v^T u``;
+    a recorded forward keeps its input, output and gamma, and refuses a second call."""
+    t, n, i, o, r = 3, 4, 6, 5, 2
+    device = torch.get_default_device()
+    layer = FiLMLinear(i, o, activation="relu", backend=backend).double()
+    r64 = lambda *s: torch.randn(*s, dtype=torch.float64, device=device)  # noqa: E731
+    x, u, v, gamma, beta = r64(t, n, i), r64(t, r, i), r64(t, r, o), r64(t, o), r64(t, o)
+    low = fw_types.LowRankLinear(layer, layer.weight, layer.bias, u=u, v=v)
+    dense = low.dense(t)
+    assert isinstance(dense, fw_types.DenseLinear)
+    torch.testing.assert_close(dense.weight, layer.weight + torch.bmm(v.transpose(1, 2), u))
+    tape = {}
+    y = fw_types.FastWeights({"": low}).bind(tape)[layer](x, gamma, beta)
+    y_ref = functional_call(
+        layer, {"weight": dense.weight, "bias": layer.bias}, (x, gamma, beta), {"task_axis": True}
+    )
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(dense(x, gamma, beta), y_ref, atol=1e-12, rtol=1e-12)
+    rx, ry, rg = tape[""]
+    assert rx is x and ry is y and rg is gamma
+    with pytest.raises(RuntimeError, match="twice"):
+        fw_types.FastWeights({"": low}).bind(tape)[layer](x, gamma, beta)

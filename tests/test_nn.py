@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mumo_fast.nn import FiLMBatchNorm, FiLMConv2d, FiLMLinear, LowRankScope, lowrank_scope
+from mumo_fast.nn import FiLMBatchNorm, FiLMConv2d, FiLMLinear
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -143,23 +143,3 @@ def test_task_axis_is_never_guessed():
     conv = FiLMConv2d(1, 2, 3)
     with pytest.raises(ValueError, match="x must have shape"):
         conv(torch.randn(2, 1, 1, 8, 8))
-
-
-def test_lowrank_scope_equals_dense_weights():
-    t, n, i, o, r = 3, 4, 6, 5, 2
-    layer = FiLMLinear(i, o, activation="relu").double()
-    x = torch.randn(t, n, i, dtype=torch.float64)
-    u, v = torch.randn(t, r, i, dtype=torch.float64), torch.randn(t, r, o, dtype=torch.float64)
-    gamma, beta = torch.randn(t, o, dtype=torch.float64), torch.randn(t, o, dtype=torch.float64)
-    scope = LowRankScope(factors={layer: (u, v)}, record=frozenset([layer]))
-    with lowrank_scope(scope):
-        y = layer(x, gamma, beta, task_axis=True)
-    dense = layer.weight + torch.bmm(v.transpose(1, 2), u)
-    y_ref = functional_call(
-        layer, {"weight": dense, "bias": layer.bias}, (x, gamma, beta), {"task_axis": True}
-    )
-    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
-    rx, ry, rg, ract = scope.records[layer]
-    assert rx is x and ry is y and rg is gamma and ract == "relu"
-    with pytest.raises(RuntimeError, match="twice"), lowrank_scope(scope):
-        layer(x, gamma, beta, task_axis=True)

@@ -12,8 +12,9 @@
 ``fast_weights``: "dense" keeps per-task ``[T, OUT, IN]`` weights for every layer;
 "lowrank" keeps every FiLMLinear layer in the exact low-rank form; "auto" uses the
 low-rank form for linear layers whose final rank ``steps * K`` is below both of
-their dimensions. With ``inner_grad_clamp`` the low-rank form stays exact: a layer
-whose clamp binds switches to dense weights at that step (see ``inner_loop``).
+their dimensions. With ``inner_grad_clamp`` the low-rank form stays exact: the clamp's
+correction is a few more rank-1 terms, or the layer switches to dense weights where that
+is cheaper (see ``fast_weights``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
 from ..models import MLP, Conv4
 from .batch import TaskBatch, check_modes
 from .config import resolve_config
 from .encoders import ImageEncoder, SequenceEncoder
 from .fast_weights import forward, init_fast_weights, lowrank_layers
-from .inner_loop import adapt, detached, inner_step
+from .inner_loop import adapt, inner_step
 from .modulation import ModulationHeads
 
 
@@ -104,6 +104,7 @@ class MetaLearner(nn.Module):
         self.method = cfg["method"]
         base = build_base(cfg)
         self.film_channels = list(base.film_channels)
+        self._param_names = [n for n, _ in base.named_parameters()]
         if self.method == "multi-maml":
             copies = [base] + [build_base(cfg) for _ in range(cfg["num_modes"] - 1)]
             self.stacked = nn.ParameterDict(
@@ -114,11 +115,12 @@ class MetaLearner(nn.Module):
                     for name, _ in base.named_parameters()
                 }
             )
-            self._param_names = [n for n, _ in base.named_parameters()]
-            # The template only supplies the forward; it never holds the parameters.
-            self.__dict__["_template"] = copy.deepcopy(base).to("meta")
-        else:
-            self.base = base
+            # The base only supplies the forward and the layers' settings: its parameters
+            # are the per-mode ones in ``stacked``, gathered per task into fast weights.
+            for module in base.modules():
+                for name, _ in list(module.named_parameters(recurse=False)):
+                    module.register_parameter(name, None)
+        self.base = base
         if self.method == "mumomaml":
             if cfg["base"] == "mlp":
                 self.encoder = SequenceEncoder(
@@ -148,6 +150,7 @@ class MetaLearner(nn.Module):
                 {_key(n): nn.Parameter(torch.tensor(cfg["inner_lr"])) for n in names}
             )
         self.loss_fn = mse_per_task if cfg["loss"] == "mse" else cross_entropy_per_task
+        self._compile_inner_loop = False
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -176,10 +179,6 @@ class MetaLearner(nn.Module):
         return groups
 
     # ------------------------------------------------------------------ pieces
-    @property
-    def template(self) -> nn.Module:
-        return self.__dict__["_template"] if self.method == "multi-maml" else self.base
-
     def _lr(self, name: str) -> float | Tensor:
         if self._config["learn_inner_lr"]:
             return self.inner_lrs[_key(name)]
@@ -254,7 +253,15 @@ class MetaLearner(nn.Module):
             return None
         return self.modulation(self.encoder(sx, sy))
 
-    def _initial(self, num_tasks: int, k: int, steps: int, modes: Tensor | None, detach: bool):
+    def _initial(
+        self,
+        num_tasks: int,
+        k: int,
+        steps: int,
+        modes: Tensor | None,
+        detach: bool,
+        backend: str | None = None,
+    ):
         if self.method == "multi-maml":
             if modes is None:
                 raise ValueError(
@@ -267,30 +274,28 @@ class MetaLearner(nn.Module):
                     f"modes must lie in [0, {m}), got values in [{int(modes.min())}, {int(modes.max())}]"
                 )
             params = {n: self.stacked[_key(n)][modes] for n in self._param_names}
-            lowrank = {}
+            lowrank = set()
         else:
             params = dict(self.base.named_parameters())
             lowrank = lowrank_layers(self.base, steps * k, self._config["fast_weights"])
-        return init_fast_weights(self.template, params, num_tasks, lowrank, detach=detach)
+        return init_fast_weights(
+            self.base, params, num_tasks, lowrank, detach=detach, backend=backend
+        )
 
     def _adapted_query(self, batch: TaskBatch, steps: int, first_order: bool):
         """Query output after ``steps`` inner steps, and the film used (with graph)."""
-        if not self.__dict__.get("_compile_inner_loop", False):
+        if not self._compile_inner_loop:
             film = self._film(batch.support_x, batch.support_y)
             args = (self, film, batch.support_x, batch.support_y, batch.query_x, batch.modes)
-            return _adapt_and_query(*args, steps, first_order), film
+            return _adapt_and_query(*args, steps, first_order, None), film
         device_type = batch.support_x.device.type
-        previous = ops.get_backend()
-        ops.set_backend("reference")  # inductor fuses the plain torch ops itself
-        try:
-            # (Dynamo skips RNN modules unless told: the encoder's GRU is then traced into
-            # small GEMMs and pointwise ops, which inductor fuses forward and backward)
-            with torch._dynamo.config.patch(allow_rnn=True):
-                film = _compiled(_film_of, device_type)(self, batch.support_x, batch.support_y)
-            args = (self, film, batch.support_x, batch.support_y, batch.query_x, batch.modes)
-            out = _compiled(_adapt_and_query, device_type)(*args, steps, first_order)
-        finally:
-            ops.set_backend(previous)
+        # (Dynamo skips RNN modules unless told: the encoder's GRU is then traced into
+        # small GEMMs and pointwise ops, which inductor fuses forward and backward)
+        with torch._dynamo.config.patch(allow_rnn=True):
+            film = _compiled(_film_of, device_type)(self, batch.support_x, batch.support_y)
+        args = (self, film, batch.support_x, batch.support_y, batch.query_x, batch.modes)
+        # the reference ops: inductor fuses the plain torch ops itself
+        out = _compiled(_adapt_and_query, device_type)(*args, steps, first_order, "reference")
         return out, film
 
     def use_compiled_inner_loop(self, enabled: bool = True) -> None:
@@ -318,7 +323,7 @@ class MetaLearner(nn.Module):
                 )
         # (a flag, not a compiled bound method: copies and pickles of the learner must not
         # carry a function bound to this instance)
-        self.__dict__["_compile_inner_loop"] = bool(enabled)
+        self._compile_inner_loop = bool(enabled)
 
     # ------------------------------------------------------------------ public API
     def meta_train_step(self, batch: TaskBatch, post_mod_loss: bool = True) -> dict[str, float]:
@@ -346,15 +351,11 @@ class MetaLearner(nn.Module):
 
     def _query_losses(self, batch: TaskBatch, film) -> Tensor:
         fw = self._initial(batch.num_tasks, batch.support_x.shape[1], 0, batch.modes, True)
-        out, _ = forward(self.template, fw, batch.query_x, film)
-        return self.loss_fn(out, batch.query_y)
+        return self.loss_fn(forward(self.base, fw, batch.query_x, film), batch.query_y)
 
-    def _eval_chunks(self, batch: TaskBatch, steps: int, fn) -> list:
-        size = self._config["chunk_size"] or batch.num_tasks
-        return [
-            fn(batch.slice(s, min(s + size, batch.num_tasks)), steps)
-            for s in range(0, batch.num_tasks, size)
-        ]
+    def _chunks(self, num_tasks: int) -> list[slice]:
+        size = self._config["chunk_size"] or num_tasks
+        return [slice(s, min(s + size, num_tasks)) for s in range(0, num_tasks, size)]
 
     def _steps(self, steps: int | None) -> int:
         if steps is None:
@@ -363,29 +364,31 @@ class MetaLearner(nn.Module):
             raise ValueError(f"steps must be a non-negative int or None, got {steps!r}")
         return steps
 
-    def _rollout(self, batch: TaskBatch, steps: int, query_y: bool):
+    def _rollout(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, modes, steps: int
+    ) -> list[Tensor]:
         """Query outputs after 0..steps inner steps (no meta-gradient)."""
         with torch.no_grad():
-            film = _detach_film(self._film(batch.support_x, batch.support_y))
-        fw = self._initial(batch.num_tasks, batch.support_x.shape[1], steps, batch.modes, True)
+            film = _detach_film(self._film(support_x, support_y))
+        fw = self._initial(support_x.shape[0], support_x.shape[1], steps, modes, True)
         outs = []
         for s in range(steps + 1):
             with torch.no_grad():
-                outs.append(forward(self.template, fw, batch.query_x, film)[0])
+                outs.append(forward(self.base, fw, query_x, film))
             if s < steps:
                 with torch.enable_grad():
                     fw = inner_step(
-                        self.template,
+                        self.base,
                         fw,
                         film,
-                        batch.support_x,
-                        batch.support_y,
+                        support_x,
+                        support_y,
                         self.loss_fn,
                         self._lr,
                         self._config["inner_grad_clamp"],
                         create_graph=False,
                     )
-                fw = detached(fw)
+                fw = fw.detached()
         return outs
 
     def evaluate(self, batch: TaskBatch, steps: int | None = None) -> dict[str, Tensor]:
@@ -396,8 +399,10 @@ class MetaLearner(nn.Module):
         self._check_batch(batch)
         steps = self._steps(steps)
 
-        def run(chunk: TaskBatch, s: int):
-            outs = self._rollout(chunk, s, True)
+        def run(chunk: TaskBatch):
+            outs = self._rollout(
+                chunk.support_x, chunk.support_y, chunk.query_x, chunk.modes, steps
+            )
             loss = torch.stack([self.loss_fn(o, chunk.query_y) for o in outs])
             acc = None
             if self._config["loss"] == "cross_entropy":
@@ -406,7 +411,7 @@ class MetaLearner(nn.Module):
                 )
             return loss, acc
 
-        parts = self._eval_chunks(batch, steps, run)
+        parts = [run(batch.slice(c.start, c.stop)) for c in self._chunks(batch.num_tasks)]
         result = {"per_step": torch.cat([p[0] for p in parts], dim=1)}
         if parts[0][1] is not None:
             result["accuracy_per_step"] = torch.cat([p[1] for p in parts], dim=1)
@@ -434,9 +439,13 @@ class MetaLearner(nn.Module):
                 f"query_x must have T={t} tasks like support_x, got shape {tuple(query_x.shape)}"
             )
         steps = self._steps(steps)
-        dummy_y = query_x.new_zeros(query_x.shape[:2], dtype=torch.long)
-        batch = TaskBatch(support_x, support_y, query_x, dummy_y, check_modes(modes, t))
-        parts = self._eval_chunks(batch, steps, lambda c, s: self._rollout(c, s, False)[-1])
+        modes = check_modes(modes, t)
+        parts = [
+            self._rollout(
+                support_x[c], support_y[c], query_x[c], None if modes is None else modes[c], steps
+            )[-1]
+            for c in self._chunks(t)
+        ]
         return torch.cat(parts, dim=0)
 
     def embed(self, support_x: Tensor, support_y: Tensor) -> Tensor:
@@ -451,12 +460,22 @@ class MetaLearner(nn.Module):
 
 
 def _adapt_and_query(
-    learner: MetaLearner, film, support_x, support_y, query_x, modes, steps: int, first_order: bool
+    learner: MetaLearner,
+    film,
+    support_x,
+    support_y,
+    query_x,
+    modes,
+    steps: int,
+    first_order: bool,
+    backend: str | None,
 ) -> Tensor:
-    """Query output after ``steps`` inner steps from the learner's initial fast weights."""
-    fw = learner._initial(support_x.shape[0], support_x.shape[1], steps, modes, False)
+    """Query output after ``steps`` inner steps from the learner's initial fast weights
+    (``backend``: the ops backend of every layer, None: each layer's own)."""
+    k = support_x.shape[1]
+    fw = learner._initial(support_x.shape[0], k, steps, modes, False, backend)
     fw = adapt(
-        learner.template,
+        learner.base,
         fw,
         film,
         support_x,
@@ -467,7 +486,7 @@ def _adapt_and_query(
         learner._config["inner_grad_clamp"],
         first_order,
     )
-    return forward(learner.template, fw, query_x, film)[0]
+    return forward(learner.base, fw, query_x, film)
 
 
 def _film_of(learner: MetaLearner, support_x: Tensor, support_y: Tensor):

@@ -1,12 +1,23 @@
-"""The ``film=`` argument shared by the base networks."""
+"""The ``film=`` and ``fast=`` arguments shared by the base networks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 FilmArg = Sequence[tuple[Tensor | None, Tensor | None]] | None
+FastArg = Mapping[nn.Module, Callable[..., Tensor]] | None
+
+
+def layers_with(fast: FastArg, task_axis: bool) -> Callable[[nn.Module], Callable[..., Tensor]]:
+    """``layer -> what to call for it``: the layer itself, or its entry in ``fast`` (per-task
+    fast weights called like the layer, which need ``task_axis=True``)."""
+    if fast is None:
+        return lambda module: module
+    if task_axis is not True:
+        raise ValueError("fast weights carry a task axis: pass task_axis=True with fast=")
+    return lambda module: fast.get(module, module)
 
 
 def check_film(film: FilmArg, channels: list[int]) -> list[tuple[Tensor | None, Tensor | None]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..nn import FiLMBatchNorm, FiLMConv2d, FiLMLinear
-from ._film import FilmArg, check_film
+from ._film import FastArg, FilmArg, check_film, layers_with
 
 
 def _out_size(size: int, blocks: int) -> int:
@@ -19,8 +19,9 @@ class Conv4(nn.Module):
     statistics) -> FiLM -> ReLU], then a linear layer to ``num_classes``.
 
     The convolutions have no bias (the batch norm that follows removes it; its
-    gradient is exactly zero). ``forward(x, film=None, *, task_axis=False)``: x
-    [N, C, H, W] or [T, N, C, H, W]; returns logits [N, classes] / [T, N, classes].
+    gradient is exactly zero). ``forward(x, film=None, *, task_axis=False, fast=None)``: x
+    [N, C, H, W] or [T, N, C, H, W]; returns logits [N, classes] / [T, N, classes];
+    ``fast`` (see :mod:`mumo_fast.models`) replaces layers by per-task fast weights.
     """
 
     def __init__(
@@ -51,9 +52,13 @@ class Conv4(nn.Module):
         self.head = FiLMLinear(channels * side * side, num_classes, backend=backend)
         self.film_channels: list[int] = [channels] * num_blocks
 
-    def forward(self, x: Tensor, film: FilmArg = None, *, task_axis: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, film: FilmArg = None, *, task_axis: bool = False, fast: FastArg = None
+    ) -> Tensor:
         pairs = check_film(film, self.film_channels)
+        layer = layers_with(fast, task_axis)
         for conv, norm, (gamma, beta) in zip(self.convs, self.norms, pairs):
-            x = norm(conv(x, task_axis=task_axis), gamma, beta, task_axis=task_axis)
+            x = layer(conv)(x, task_axis=task_axis)
+            x = layer(norm)(x, gamma, beta, task_axis=task_axis)
         lead = 2 if task_axis else 1
-        return self.head(x.flatten(lead), task_axis=task_axis)
+        return layer(self.head)(x.flatten(lead), task_axis=task_axis)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..nn import FiLMLinear
-from ._film import FilmArg, check_film
+from ._film import FastArg, FilmArg, check_film, layers_with
 
 
 class MLP(nn.Module):
@@ -15,7 +15,8 @@ class MLP(nn.Module):
 
     ``forward(x, film=None, *, task_axis=False)``: x [N, in] or [T, N, in] with
     task_axis; ``film`` is one ``(gamma, beta)`` pair (either may be None) per
-    modulated layer, sizes :attr:`film_channels`.
+    modulated layer, sizes :attr:`film_channels`; ``fast`` (see :mod:`mumo_fast.models`)
+    replaces layers by per-task fast weights.
     """
 
     def __init__(
@@ -36,8 +37,11 @@ class MLP(nn.Module):
         self.out = FiLMLinear(sizes[-1], out_features, backend=backend)
         self.film_channels: list[int] = list(hidden_sizes)
 
-    def forward(self, x: Tensor, film: FilmArg = None, *, task_axis: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, film: FilmArg = None, *, task_axis: bool = False, fast: FastArg = None
+    ) -> Tensor:
         pairs = check_film(film, self.film_channels)
-        for layer, (gamma, beta) in zip(self.hidden, pairs):
-            x = layer(x, gamma, beta, task_axis=task_axis)
-        return self.out(x, task_axis=task_axis)
+        layer = layers_with(fast, task_axis)
+        for hidden, (gamma, beta) in zip(self.hidden, pairs):
+            x = layer(hidden)(x, gamma, beta, task_axis=task_axis)
+        return layer(self.out)(x, task_axis=task_axis)

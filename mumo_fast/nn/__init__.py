@@ -1,13 +1,5 @@
 """Drop-in FiLM layers (see :mod:`mumo_fast.nn.layers` for the task-axis convention)."""
 
-from .fast import LowRankScope, current_scope, lowrank_scope
 from .layers import FiLMBatchNorm, FiLMConv2d, FiLMLinear
 
-__all__ = [
-    "FiLMLinear",
-    "FiLMConv2d",
-    "FiLMBatchNorm",
-    "LowRankScope",
-    "lowrank_scope",
-    "current_scope",
-]
+__all__ = ["FiLMLinear", "FiLMConv2d", "FiLMBatchNorm"]

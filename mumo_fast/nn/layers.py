@@ -28,7 +28,6 @@ from torch.nn import init
 
 from .. import ops
 from ..ops import reference
-from .fast import current_scope
 
 
 def _check_bool(name: str, value: object) -> bool:
@@ -116,28 +115,7 @@ class FiLMLinear(nn.Module):
         if not task_axis:
             _check_shared(self.weight, "weight", 2)
             _check_shared(self.bias, "bias", 1)
-        scope = current_scope() if task_axis else None
-        uv = None if scope is None else scope.factors.get(self)
-        if uv is not None:
-            y = ops.film_linear_lowrank(
-                x3,
-                self.weight,
-                uv[0],
-                uv[1],
-                self.bias,
-                g,
-                b,
-                self.activation,
-                backend=self.backend,
-            )
-        else:
-            y = ops.film_linear(
-                x3, self.weight, self.bias, g, b, self.activation, backend=self.backend
-            )
-        if scope is not None and self in scope.record:
-            if self in scope.records:
-                raise RuntimeError("a recorded FiLMLinear was called twice in one forward")
-            scope.records[self] = (x3, y, g, self.activation)
+        y = ops.film_linear(x3, self.weight, self.bias, g, b, self.activation, backend=self.backend)
         return y if task_axis else y.squeeze(0)
 
     def extra_repr(self) -> str:

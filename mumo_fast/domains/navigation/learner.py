@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ...meta import rl
 from ...meta.fast_weights import FastWeights, forward, init_fast_weights
-from ...meta.inner_loop import detached, inner_step
+from ...meta.inner_loop import inner_step
 from ...meta.modulation import ModulationHeads
 from ...models import MLP
 from .env import HORIZON, MAX_ACTION, BatchedNavigationEnv
@@ -243,11 +243,11 @@ class NavigationLearner(nn.Module):
 
     def initial_weights(self, num_tasks: int, detach: bool = False) -> FastWeights:
         params = dict(self.policy.named_parameters())
-        return init_fast_weights(self.policy, params, num_tasks, {}, detach=detach)
+        return init_fast_weights(self.policy, params, num_tasks, detach=detach)
 
     def mean_action(self, fw: FastWeights, observations: Tensor, film) -> Tensor:
         """The policy's mean action, ``observations`` ``[T, N, 2]`` -> ``[T, N, 2]``."""
-        return forward(self.policy, fw, observations.to(self.log_std.dtype), film)[0]
+        return forward(self.policy, fw, observations.to(self.log_std.dtype), film)
 
     def sample(
         self, env: BatchedNavigationEnv, fw: FastWeights, film, generator: torch.Generator
@@ -302,7 +302,7 @@ class NavigationLearner(nn.Module):
             if k < steps:
                 with torch.enable_grad():
                     fw = self.adapt_step(fw, film, batches[-1], self.advantages(batches[-1]), False)
-                fw = detached(fw)
+                fw = fw.detached()
                 weights.append(fw)
         return Adaptation(pre, batches, film, weights), env
 
@@ -457,7 +457,7 @@ class NavigationLearner(nn.Module):
         for _ in range(steps):
             traj = collect(fw, film)
             with torch.enable_grad():
-                fw = detached(self.adapt_step(fw, film, traj, self.advantages(traj), False))
+                fw = self.adapt_step(fw, film, traj, self.advantages(traj), False).detached()
         self._agent = (film, fw)
         return self
 
