@@ -213,15 +213,6 @@ _register(_bn_bwd_op, _bn_bwd_fake, 5)
 # --- inner-loop update ----------------------------------------------------------------
 
 
-def _eager_update(params, grads, lr, clamp):
-    out = []
-    for i, (p, g) in enumerate(zip(params, grads)):
-        if clamp is not None:
-            g = g.clamp(-clamp, clamp)
-        out.append(p - lr[i] * g)
-    return out
-
-
 @torch.library.custom_op(f"{_NS}::clamped_sgd", mutates_args=())
 def _clamped_sgd_op(
     params: list[Tensor], grads: list[Tensor], lr: Tensor, clamp: float | None
