@@ -46,8 +46,9 @@ class _Function(Function):
 
 def _refuse_forward_over_forward() -> None:
     """Forward mode over forward mode (``jacfwd(jacfwd(f))``; torch.autograd.forward_ad
-    itself refuses nested levels) would be silently wrong: PyTorch does not differentiate an autograd.Function's
-    ``jvp``, so the outer tangent misses the inner jvp's own derivative. Refuse it."""
+    itself refuses nested levels) would be silently wrong: PyTorch does not differentiate
+    an autograd.Function's ``jvp``, so the outer tangent misses the inner jvp's own
+    derivative. Refuse it."""
     # (a torch.func jvp opens a forward_ad level too: the larger count, not the sum)
     levels = max(_internals.forward_ad_level() + 1, _internals.functorch_jvp_depth())
     if levels >= 2:
@@ -88,6 +89,7 @@ def _channels(v: Tensor) -> Tensor:
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """a + b, where None stands for zero."""
     if a is None:
         return b
     return a if b is None else a + b
@@ -150,20 +152,14 @@ class FilmEpilogueBackward(_Function):
         d1 = activation_grad_from_output(y, act)
         du = gy if d1 is None else gy * d1
         # g_du: gradient flowing into du = gy * act'(y) from all four outputs.
-        g_dz_total = g_dz
-        if g_dbias is not None:
-            g_dz_total = (
-                _channels(g_dbias) if g_dz_total is None else g_dz_total + _channels(g_dbias)
-            )
+        g_dz_total = _add(g_dz, None if g_dbias is None else _channels(g_dbias))
         g_du = None
         if g_dz_total is not None:
             g_du = g_dz_total if gamma is None else g_dz_total * _channels(gamma)
         if g_dgamma is not None:
-            term = _channels(g_dgamma) * z
-            g_du = term if g_du is None else g_du + term
+            g_du = _add(g_du, _channels(g_dgamma) * z)
         if g_dbeta is not None:
-            term = _channels(g_dbeta)
-            g_du = term if g_du is None else g_du + term
+            g_du = _add(g_du, _channels(g_dbeta))
         grad_gy = grad_y = grad_z = grad_gamma = None
         if g_du is not None:
             g_du = g_du.expand_as(gy)
@@ -189,9 +185,8 @@ def epilogue_grads(gy, gz, y4, z4, gamma, act, backend):
         else:  # a first backward without create_graph: nothing will differentiate this
             dz, dgamma, dbeta, dbias = FilmEpilogueBackward.forward(gy, y4, z4, gamma, act, backend)
     if gz is not None:
-        dz = gz if dz is None else dz + gz
-        gzb = gz.sum(dim=(1, 3))
-        dbias = gzb if dbias is None else dbias + gzb
+        dz = _add(dz, gz)
+        dbias = _add(dbias, gz.sum(dim=(1, 3)))
     return dz, dgamma, dbeta, dbias
 
 
