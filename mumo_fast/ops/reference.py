@@ -54,6 +54,18 @@ def film_linear(
     return film_epilogue(linear_pre_film(x, weight, bias), gamma, beta, activation)
 
 
+def linear_lowrank_pre_film(
+    x: Tensor, weight: Tensor, u: Tensor, v: Tensor, bias: Tensor | None
+) -> Tensor:
+    """x W_t^T + b with W_t = weight + v[t]^T u[t]: x weight^T + (x u[t]^T) v[t] + b."""
+    t, n, in_features = x.shape
+    z = (x.reshape(t * n, in_features) @ weight.t()).reshape(t, n, -1)
+    z = z + torch.bmm(torch.bmm(x, u.transpose(1, 2)), v)
+    if bias is not None:
+        z = z + per_channel(bias, 3)
+    return z
+
+
 def film_linear_lowrank(
     x: Tensor,
     weight: Tensor,
@@ -67,14 +79,8 @@ def film_linear_lowrank(
     """film_linear with per-task weights W_t = weight + v[t]^T u[t] never materialised.
 
     x [T, N, IN], weight [OUT, IN], u [T, R, IN], v [T, R, OUT].
-    x W_t^T = x weight^T + (x u[t]^T) v[t].
     """
-    t, n, in_features = x.shape
-    z = (x.reshape(t * n, in_features) @ weight.t()).reshape(t, n, -1)
-    z = z + torch.bmm(torch.bmm(x, u.transpose(1, 2)), v)
-    if bias is not None:
-        z = z + per_channel(bias, 3)
-    return film_epilogue(z, gamma, beta, activation)
+    return film_epilogue(linear_lowrank_pre_film(x, weight, u, v, bias), gamma, beta, activation)
 
 
 def conv_pre_film(

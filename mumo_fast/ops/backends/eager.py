@@ -34,11 +34,7 @@ def linear_fwd(x, weight, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
 
 def linear_lowrank_fwd(x, weight, u, v, bias, gamma, beta, act: str) -> tuple[Tensor, Tensor]:
     """x [T,N,IN], weight [OUT,IN], u [T,R,IN], v [T,R,OUT] -> (y, z) both [T,N,OUT]."""
-    t, n, i = x.shape
-    z = (x.reshape(t * n, i) @ weight.t()).reshape(t, n, -1)
-    z = z + torch.bmm(torch.bmm(x, u.transpose(1, 2)), v)
-    if bias is not None:
-        z = z + bias.unsqueeze(1)
+    z = ref.linear_lowrank_pre_film(x, weight, u, v, bias)
     return ref.film_epilogue(z, gamma, beta, act), z
 
 
@@ -80,9 +76,7 @@ def affine(xhat, weight, bias):
 
 def bn_fwd(x, weight, bias, gamma, beta, eps: float, act: str) -> tuple[Tensor, Tensor, Tensor]:
     """x [T,N,C,S] -> (y [T,N,C,S], mean [T,C], rstd [T,C]) with batch statistics over N, S."""
-    mean = x.mean(dim=(1, 3))
-    var = x.var(dim=(1, 3), unbiased=False)
-    rstd = torch.rsqrt(var + eps)
+    mean, rstd = ref.batch_norm_stats(x, eps)
     z = affine(normalize(x, mean, rstd), weight, bias)
     return ref.film_epilogue(z, gamma, beta, act), mean, rstd
 
