@@ -63,6 +63,19 @@ norm, ...), and the top ops.
 
     python bench/meta_step.py --domain omniglot --threads 2 --repeats 5 --warmup 1 \
         --profile mumo --out bench/results/cpu_meta_step_omniglot_2threads.json
+
+Data-parallel mode (--world-size N, either domain): N processes (torch.multiprocessing
+spawn, gloo, one thread each) split the meta-batch of T tasks as the trainer does under
+torchrun (mumo_fast.train.distributed: T // N each, one more on the first T % N), and
+each timed step is MetaLearner.meta_train_step on the process's share followed by the
+all-reduce of the task-weighted meta-gradient (distributed.reduce_step), optimizer step
+excluded; a step's time is the slowest process's. Baseline, in the same run: rank 0
+alone on the whole meta-batch (one thread) while the others wait at a barrier; the
+rounds alternate baseline and N-process step. Reported: tasks/s of both, the speed-up
+(ratio of the medians, and median of the per-round ratios) and its efficiency (/ N).
+
+    python bench/meta_step.py --world-size 2 --repeats 9 --markdown BENCHMARKS.md
+    python bench/meta_step.py --domain omniglot --world-size 2 --repeats 9 --markdown BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -263,6 +276,192 @@ def higher_step(learner: MetaLearner, batch: TaskBatch, first_order: bool, modul
     loss = total / batch.num_tasks
     loss.backward()
     return float(loss)
+
+
+# ---------------------------------------------------------------- data-parallel mode
+def _world_worker(rank: int, world: int, store: str, out: str, cfg: dict) -> None:
+    """One of ``world`` processes: per order, warm-up, then rounds of (rank 0 alone on
+    the whole batch; every process on its share + the all-reduce). Rank 0 writes the times."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from mumo_fast.train import distributed
+
+    global METHOD
+    METHOD = cfg["method"]
+    torch.set_num_threads(1)
+    apply_allocator(cfg["allocator"])
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+        timeout=datetime.timedelta(seconds=1800),
+    )  # fmt: skip
+    omniglot = cfg["domain"] == "omniglot"
+    t = cfg["tasks"]
+    batch = make_omniglot_batch(t) if omniglot else make_batch(t)
+    start = sum(distributed.share(t, "--tasks", of=r) for r in range(rank))
+    mine = batch.slice(start, start + distributed.share(t, "--tasks"))
+    results = {}
+    for order in cfg["orders"]:
+        first = order == "first"
+        learner = (
+            omniglot_learner(first, cfg["backend"])
+            if omniglot
+            else make_learner("auto", first, cfg["backend"])
+        )
+        params = list(learner.parameters())
+
+        def whole() -> float:
+            learner.zero_grad(set_to_none=True)
+            tic = time.perf_counter()
+            learner.meta_train_step(batch, post_mod_loss=False)
+            return time.perf_counter() - tic
+
+        def split() -> float:
+            learner.zero_grad(set_to_none=True)
+            tic = time.perf_counter()
+            stats = learner.meta_train_step(mine, post_mod_loss=False)
+            distributed.reduce_step(params, stats, mine.num_tasks)
+            return time.perf_counter() - tic
+
+        def round_() -> tuple[float | None, float]:
+            one = whole() if rank == 0 else None
+            dist.barrier()
+            mine_t = torch.tensor([split()], dtype=torch.float64)
+            dist.all_reduce(mine_t, op=dist.ReduceOp.MAX)  # the slowest process's time
+            return one, float(mine_t)
+
+        for _ in range(cfg["warmup"]):
+            round_()
+        rounds = [round_() for _ in range(cfg["repeats"])]
+        results[order] = {"one": [r[0] for r in rounds], "world": [r[1] for r in rounds]}
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(results, f)
+    dist.destroy_process_group()
+
+
+def main_world(args) -> None:
+    """--world-size N: the N-process data-parallel meta-step against one process."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    world = args.world_size
+    if world < 2:
+        raise SystemExit(f"--world-size must be at least 2, got {world}")
+    if args.tasks < world:
+        raise SystemExit(f"--tasks {args.tasks} cannot be split across {world} processes")
+    if args.threads not in (None, 1):
+        raise SystemExit("--world-size runs one thread per process (--threads 1)")
+    torch.set_num_threads(1)
+    orders = [o for o in args.orders.split(",") if o]
+    cfg = {
+        "domain": args.domain, "method": args.method, "tasks": args.tasks, "orders": orders,
+        "repeats": args.repeats, "warmup": args.warmup, "backend": args.backend,
+        "allocator": args.allocator,
+    }  # fmt: skip
+    env = environment(args.backend)
+    env["threads_per_process"] = 1
+    if args.domain == "omniglot":
+        from mumo_fast.ops import backends
+
+        env["ops_backend"] = {
+            op: args.backend or backends.resolve("auto", torch.device("cpu"), op)
+            for op in ("film_conv2d", "film_batch_norm", "film_linear")
+        }
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "times.json")
+        args_ = (world, os.path.join(tmp, "store"), out, cfg)
+        mp.spawn(_world_worker, args=args_, nprocs=world, join=True)
+        with open(out) as f:
+            times = json.load(f)
+    env["loadavg_at_end"] = os.getloadavg()
+    from mumo_fast.train import distributed
+
+    result = {
+        "mode": "world_size",
+        "domain": args.domain,
+        "method": args.method,
+        "world_size": world,
+        "tasks": args.tasks,
+        "shares": [
+            distributed.share(args.tasks, "--tasks", world=world, of=r) for r in range(world)
+        ],
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "environment": env,
+        "results": {},
+    }
+    for order, ts in times.items():
+        one, many = median(ts["one"]), median(ts["world"])
+        per_round = median(a / b for a, b in zip(ts["one"], ts["world"]))
+        result["results"][order] = {
+            "one_process": {"median_s": one, "tasks_per_s": args.tasks / one, "times_s": ts["one"]},
+            "world": {"median_s": many, "tasks_per_s": args.tasks / many, "times_s": ts["world"]},
+            "speedup": one / many,
+            "speedup_per_round": per_round,
+            "efficiency": one / many / world,
+        }
+        print(
+            f"{args.domain} {order:6s} 1 process {args.tasks / one:8.1f} tasks/s   "
+            f"{world} processes {args.tasks / many:8.1f} tasks/s   speed-up {one / many:.2f}x "
+            f"(per round {per_round:.2f}x)",
+            flush=True,
+        )
+    argv = sys.argv[1:]
+    if "--note" in argv:
+        argv = argv[: argv.index("--note")] + argv[argv.index("--note") + 2 :]
+    result["command"] = "python bench/meta_step.py " + " ".join(argv)
+    write_json(args.out, result)
+    if args.markdown:
+        update_markdown(args.markdown, markdown_world(result, args.note))
+
+
+def markdown_world(result: dict, note: str | None = None) -> str:
+    env = result["environment"]
+    world = result["world_size"]
+    domain = result["domain"]
+    ops = env["ops_backend"]
+    if isinstance(ops, dict):
+        ops = ", ".join(f"{op} `{b}`" for op, b in ops.items())
+    what = (
+        "5-way 1-shot Omniglot meta-step (the learner of the Omniglot mode above, random "
+        "Omniglot-like episodes)"
+        if domain == "omniglot"
+        else "three-mode regression meta-step (the workload of the first section, fast "
+        "weights auto)"
+    )
+    lines = [
+        f"## Data-parallel meta-step, {domain}: {world} processes (bench/meta_step.py --world-size)",
+        "",
+        f"{result['method']}, {what}, T={result['tasks']} tasks split "
+        f"{' + '.join(map(str, result['shares']))} over {world} gloo processes with one thread "
+        "each, as `torchrun` training splits them; a step is each process's meta_train_step "
+        "on its share plus the all-reduce of the meta-gradient (the slowest process's time), "
+        "optimizer step excluded. Baseline: one process with one thread on the whole "
+        f"meta-batch, alternating with the {world}-process step in the same run; medians of "
+        f"{result['repeats']} rounds. CPU: {env['cpu']} ({env['cores']} cores), torch "
+        f"{env['versions']['torch']}, ops: {ops}, allocator: "
+        f"{env['allocator']}; load average {env['loadavg_at_start'][0]:.1f} at start, "
+        f"{env['loadavg_at_end'][0]:.1f} at end (a shared, loaded machine: the processes "
+        "compete with other work for the cores).",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"| order | 1 process, tasks/s | {world} processes, tasks/s | speed-up | "
+        "speed-up, per round | efficiency |",
+        "|---|---|---|---|---|---|",
+    ]
+    for order, row in result["results"].items():
+        lines.append(
+            f"| {order} | {row['one_process']['tasks_per_s']:.1f} | "
+            f"{row['world']['tasks_per_s']:.1f} | {row['speedup']:.2f}x | "
+            f"{row['speedup_per_round']:.2f}x | {row['efficiency']:.0%} |"
+        )
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- Omniglot mode
@@ -993,6 +1192,10 @@ def main() -> None:
         help="omniglot: after timing, torch.profiler over these implementations' second-order "
         "step (top ops by self CPU time)",
     )  # fmt: skip
+    ap.add_argument(
+        "--world-size", type=int, default=None, metavar="N",
+        help="data-parallel mode: N gloo processes (one thread each) against one process",
+    )  # fmt: skip
     ap.add_argument("--markdown", default=None, help="update this file's meta-step section")
     ap.add_argument("--note", default=None, help="a paragraph appended to the markdown section")
     ap.add_argument(
@@ -1013,7 +1216,8 @@ def main() -> None:
     if args.impls is None:
         args.impls = ",".join(OMNIGLOT_IMPLS if omniglot else IMPLS)
     if args.out is None:
-        args.out = f"bench/results/cpu_meta_step{'_omniglot' if omniglot else ''}.json"
+        world = f"_world{args.world_size}" if args.world_size else ""
+        args.out = f"bench/results/cpu_meta_step{world}{'_omniglot' if omniglot else ''}.json"
     if omniglot and (args.clamp is not None or args.weights):
         raise SystemExit("--clamp and --weights are for the regression mode")
     apply_allocator(args.allocator)
@@ -1023,8 +1227,14 @@ def main() -> None:
     if args.render:
         with open(args.render) as f:
             result = json.load(f)
+        if result.get("mode") == "world_size":
+            update_markdown(args.markdown, markdown_world(result, args.note))
+            return
         render = markdown_omniglot if result.get("domain") == "omniglot" else markdown
         update_markdown(args.markdown, render(result, result["command"], args.note))
+        return
+    if args.world_size:
+        main_world(args)
         return
     if args.block < 1:
         raise SystemExit(f"--block must be >= 1, got {args.block}")

@@ -3,7 +3,7 @@
 mumo-fast train regression --method mumomaml --modulation film --modes 2 --out runs/film2
 mumo-fast eval runs/maml2 runs/film2
 mumo-fast plot runs/maml2 runs/film2 --out runs/compare
-torchrun --nproc-per-node 2 -m mumo_fast.cli train omniglot --out runs/om2  # 2 processes
+torchrun --standalone --nproc-per-node 2 -m mumo_fast.cli train regression --out runs/reg2
 """
 
 from __future__ import annotations

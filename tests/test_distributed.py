@@ -1,7 +1,7 @@
 """Data-parallel meta-training over two gloo processes on the CPU (one thread each):
 the 2-process meta-step equals the 1-process step on the whole meta-batch, the CLI under
-torchrun, resuming a 2-process checkpoint in one process, and a failed peer ending the
-run instead of hanging."""
+torchrun, resuming a 2-process checkpoint in one process, and a hung peer ending the run
+instead of blocking it."""
 
 from __future__ import annotations
 
@@ -115,9 +115,54 @@ def _step_worker(rank, store, out):
             mine = batch.slice(start, start + distributed.share(tasks, "--meta-batch"))
             run_dir = Path(out) / _case_id(case)
             results[_case_id(case)] = _train(learner, lambda gen, b=mine: b, run_dir)
+        results["resume"] = _resume_run(Path(out) / "resume")
+        try:  # a learner that takes its own update step (navigation's TRPO)
+            Trainer(_learner("mlp", False, torch.float32, 0), _sampled, Path(out) / "own",
+                    TrainSettings(iterations=1, learner_steps=True))  # fmt: skip
+            results["learner_steps"] = "accepted"
+        except ValueError as e:
+            results["learner_steps"] = str(e)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _sampled(gen: torch.Generator) -> TaskBatch:
+    """This process's 3 tasks, drawn from the trainer's generator."""
+    x = torch.rand(3, 9, 1, generator=gen) * 10 - 5
+    y = torch.sin(x * (1 + torch.rand(3, 1, 1, generator=gen)))
+    return TaskBatch(x[:, :4], y[:, :4], x[:, 4:], y[:, 4:])
+
+
+def _resume_run(run_dir: Path) -> dict:
+    """4 iterations in one go, and 2 then a resumed 2: the parameters of both, and the
+    first tasks this process drew."""
+    drawn = []
+
+    def sample(gen):
+        batch = _sampled(gen)
+        drawn.append(batch.support_x)
+        return batch
+
+    def fit(iterations: int, folder: Path, resume: bool = False) -> Trainer:
+        learner = _learner("mlp", False, torch.float32, seed=0)
+        settings = TrainSettings(iterations=iterations, checkpoint_every=2, seed=5)
+        trainer = Trainer(learner, sample, folder, settings, progress=False, tensorboard=False)
+        if resume:
+            trainer.resume()
+        trainer.fit()
+        return trainer
+
+    whole = fit(4, run_dir / "whole")
+    first = drawn[0]
+    fit(2, run_dir / "parts")
+    distributed.barrier()  # rank 0 has written the checkpoint
+    parts = fit(4, run_dir / "parts", resume=True)
+    return {
+        "whole": dict(whole.learner.state_dict()),
+        "parts": dict(parts.learner.state_dict()),
+        "first_tasks": first,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +201,20 @@ def test_two_processes_step_like_one_on_the_whole_batch(two_process_steps, case)
     assert all(not torch.equal(p, init[n]) for n, p in ref["params"].items() if "weight" in n)
 
 
+def test_two_processes_draw_different_tasks_and_resume_exactly(two_process_steps):
+    ranks, _ = two_process_steps
+    runs = [r["resume"] for r in ranks]
+    assert not torch.equal(runs[0]["first_tasks"], runs[1]["first_tasks"])
+    for name, p in runs[0]["whole"].items():
+        assert torch.equal(p, runs[1]["whole"][name]), name
+        assert torch.equal(p, runs[0]["parts"][name]), name  # resumed == uninterrupted
+
+
+def test_a_learner_taking_its_own_step_is_refused(two_process_steps):
+    for r in two_process_steps[0]:
+        assert "trains in one process only, not 2" in r["learner_steps"]
+
+
 # ------------------------------------------------------------------ pieces
 def test_share_splits_exactly_and_refuses_an_empty_rank():
     for total in (2, 5, 7, 64):
@@ -178,9 +237,9 @@ def test_rank_seeds_differ_and_repeat():
 
 
 def _timeout_worker(rank, store, out):
-    _init(rank, store, timeout=2.0)
+    _init(rank, store, timeout=1.5)
     if rank == 1:  # this process hangs past the timeout instead of joining the all-reduce
-        time.sleep(6)
+        time.sleep(4)
         return
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)
@@ -199,7 +258,7 @@ def test_a_hung_peer_ends_the_collective_with_an_error(tmp_path):
     seconds, message = (tmp_path / "out").read_text().split("\n", 1)
     assert message.startswith("rank 0: the meta-gradient all-reduce failed"), message
     assert "--dist-timeout" in message
-    assert float(seconds) < 5.5  # the 2 s timeout, not the peer's return after 6 s
+    assert float(seconds) < 3.5  # the 1.5 s timeout, not the peer's return after 4 s
 
 
 # ------------------------------------------------------------------ the CLI under torchrun
