@@ -68,4 +68,4 @@ def plot_tsne(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(markerscale=2, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend sits outside the axes
