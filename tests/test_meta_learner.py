@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from meta_reference import meta_loss
-from test_meta_inner import image_batch, make, mlp_cfg, regression_batch
+from test_meta_inner import CORE_BACKENDS, image_batch, make, mlp_cfg, regression_batch
 
 from mumo_fast.meta import MetaLearner, TaskBatch
 from mumo_fast.models import MLP, Conv4
@@ -113,12 +113,15 @@ def test_evaluate_matches_training_loss_and_chunks():
     assert abs(res["per_step"][0].mean().item() - stats["post_mod_loss"]) < 1e-10
 
 
+@pytest.mark.parametrize("backend", CORE_BACKENDS)
 @pytest.mark.parametrize("fast_weights", ["dense", "lowrank"])
-def test_clamped_evaluate_and_predict_match_loop_and_training(fast_weights):
+def test_clamped_evaluate_and_predict_match_loop_and_training(fast_weights, backend):
     """With an inner-gradient clamp that binds: evaluate's loss after s steps is the
     per-task loop's (which clamps), its last step is training's loss (chunked too), and
     predict gives the predictions behind it."""
-    cfg = mlp_cfg(inner_grad_clamp=0.3, inner_lr=0.2, fast_weights=fast_weights, chunk_size=3)
+    cfg = mlp_cfg(
+        inner_grad_clamp=0.3, inner_lr=0.2, fast_weights=fast_weights, chunk_size=3, backend=backend
+    )
     learner = make(cfg)
     unclamped = make({**cfg, "inner_grad_clamp": None})
     batch = regression_batch(t=5, seed=6)
@@ -258,3 +261,26 @@ def test_nested_config_spelling_resolves_to_flat():
     assert cfg["modulation"] == "sigmoid" and cfg["modulation_hidden"] is None
     with pytest.raises(ValueError, match="bidirectional"):
         MetaLearner.from_config({"encoder": {"type": "gru", "bidirectional": False}})
+
+
+def test_multi_maml_state_is_the_stacked_parameters_only():
+    """The Multi-MAML base supplies the forward only: no parameters of its own, so the state
+    dict (and saved models) holds the per-mode stacks alone, and copies are independent."""
+    import copy
+
+    learner = make(mlp_cfg(method="multi-maml", num_modes=3))
+    assert list(learner.base.parameters()) == []
+    assert {k.split(".")[0] for k in learner.state_dict()} == {"stacked"}
+    other = MetaLearner.from_config(learner.config).double()
+    other.load_state_dict(learner.state_dict())
+    clone = copy.deepcopy(learner)
+    modes = torch.tensor([0, 2, 1, 2])
+    batch = regression_batch(t=4, modes=modes)
+    args = (batch.support_x, batch.support_y, batch.query_x, 2, modes)
+    want = learner.predict(*args)
+    torch.testing.assert_close(other.predict(*args), want, rtol=0, atol=0)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.mul_(1.5)
+    assert (clone.predict(*args) - want).abs().max() > 1e-3
+    torch.testing.assert_close(learner.predict(*args), want, rtol=0, atol=0)
