@@ -6,6 +6,8 @@ instead of blocking it."""
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +19,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mumo_fast.meta import MetaLearner, TaskBatch
+from mumo_fast.domains.navigation.env import sample_goals
+from mumo_fast.domains.navigation.learner import NavigationBatch, NavigationLearner
+from mumo_fast.domains.navigation.run import make_sampler
+from mumo_fast.meta import MetaLearner, TaskBatch, rl
 from mumo_fast.train import Trainer, TrainSettings, distributed, load_file
 
 pytestmark = pytest.mark.skipif(
@@ -218,6 +223,189 @@ def test_a_learner_taking_its_own_step_is_refused(two_process_steps):
         assert "trains in one process only, not 2" in r["learner_steps"]
 
 
+# ------------------------------------------------------------------ TRPO (navigation)
+TRPO_TASKS = 5  # 3 + 2
+OBS, ACT, SAMPLES = 3, 2, 7
+
+
+def _gaussian_problem(dtype=torch.float64):
+    """A synthetic TRPO problem that decomposes over tasks: a linear Gaussian policy
+    (``W`` [ACT, OBS], ``log_std`` [ACT]) shared by the tasks, each task with its own fixed
+    observations, actions and advantages; the old policy is the initial one."""
+    g = torch.Generator().manual_seed(23)
+    w = torch.randn(ACT, OBS, generator=g, dtype=dtype) * 0.5
+    log_std = torch.randn(ACT, generator=g, dtype=dtype) * 0.2
+    obs = torch.randn(TRPO_TASKS, SAMPLES, OBS, generator=g, dtype=dtype)
+    actions = obs @ w.T + torch.randn(TRPO_TASKS, SAMPLES, ACT, generator=g, dtype=dtype)
+    adv = torch.randn(TRPO_TASKS, SAMPLES, generator=g, dtype=dtype)
+    mask = (torch.rand(TRPO_TASKS, SAMPLES, generator=g) > 0.2).to(dtype)
+    return w, log_std, obs, actions, adv, mask
+
+
+def _gaussian_trpo(tasks: slice, reduce=None):
+    """``rl.trpo_step`` on the problem's ``tasks``: the parameters after it and its result."""
+    w0, s0, *per_task = _gaussian_problem()
+    obs, actions, adv, mask = (x[tasks] for x in per_task)
+    w, log_std = w0.clone().requires_grad_(), s0.clone().requires_grad_()
+    old_mean = obs @ w0.T
+    old_log_probs = rl.gaussian_log_prob(actions, old_mean, s0)
+
+    def loss_and_kl():
+        mean = obs @ w.T
+        log_probs = rl.gaussian_log_prob(actions, mean, log_std)
+        loss = rl.importance_sampling_loss(log_probs, old_log_probs, adv, mask).mean()
+        kl = rl.gaussian_kl(old_mean, s0, mean, log_std)
+        return loss, rl.masked_mean_per_task(kl, mask).mean()
+
+    result = rl.trpo_step([w, log_std], loss_and_kl, max_kl=0.05, cg_iterations=4, reduce=reduce)
+    return {"w": w.detach(), "log_std": log_std.detach(), "result": result}
+
+
+NAV_TASKS = 5  # 3 + 2
+# 3 conjugate-gradient iterations: the KL's Hessian is ill-conditioned, and with the
+# default 10 the step amplifies float64 rounding (e.g. that of writing the mean over tasks
+# as (3 a + 2 b) / 5 or as 3/5 a + 2/5 b) to ~1e-8
+NAV_CONFIG = {
+    "method": "mumomaml", "hidden_sizes": [9, 7], "encoder_hidden": 5, "modulation_hidden": 6,
+    "trajectories": 3, "horizon": 10, "cg_iterations": 3, "backend": "reference",
+}  # fmt: skip
+
+
+def _nav_learner() -> NavigationLearner:
+    torch.manual_seed(4)
+    return NavigationLearner(NAV_CONFIG).double()
+
+
+def _nav_batches() -> list[NavigationBatch]:
+    """The goals of the whole meta-batch, each rank's share with its own rollout seed."""
+    goals = sample_goals(NAV_TASKS, torch.Generator().manual_seed(8))
+    cuts = [0]
+    for r in range(WORLD):
+        cuts.append(cuts[-1] + distributed.share(NAV_TASKS, "--tasks", world=WORLD, of=r))
+    return [NavigationBatch(goals[a:b], 100 + r) for r, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+
+
+def _trpo_worker(rank, store, out):
+    _init(rank, store)
+    try:
+        lo = sum(distributed.share(TRPO_TASKS, "--tasks", of=r) for r in range(rank))
+        n = distributed.share(TRPO_TASKS, "--tasks")
+        gaussian = _gaussian_trpo(slice(lo, lo + n), distributed.task_mean(n))
+        learner = _nav_learner()
+        batch = _nav_batches()[rank]
+        stats = learner.meta_train_step(batch, reduce=distributed.task_mean(batch.num_tasks))
+        params = {k: p.detach().clone() for k, p in learner.named_parameters()}
+        # the trainer: ranks start from different weights (it broadcasts rank 0's), draw
+        # their own goals and rollout seeds, and take the same TRPO steps
+        torch.manual_seed(rank)
+        trained = NavigationLearner(NAV_CONFIG)
+        drawn = []
+        draw = make_sampler(distributed.share(NAV_TASKS, "--tasks"))
+
+        def sample(gen):
+            drawn.append(draw(gen))
+            return drawn[-1]
+
+        settings = TrainSettings(iterations=2, checkpoint_every=1000, learner_steps=True)
+        Trainer(
+            trained, sample, Path(out) / "fit", settings, progress=False, tensorboard=False
+        ).fit()
+        fit = {
+            "params": {k: p.detach().clone() for k, p in trained.named_parameters()},
+            "goals": drawn[0].goals,
+            "seed": drawn[0].seed,
+        }
+        torch.save(
+            {"gaussian": gaussian, "nav": (params, stats), "fit": fit}, Path(out) / f"trpo{rank}.pt"
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_trpo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trpo")
+    _spawn(_trpo_worker, str(out / "store"), str(out))
+    return [torch.load(out / f"trpo{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_trpo_step_on_two_shards_equals_the_whole_problem(two_process_trpo):
+    torch.set_num_threads(1)
+    ref = _gaussian_trpo(slice(None))
+    assert ref["result"].line_search.accepted and ref["result"].step_norm > 1e-3
+    ranks = [r["gaussian"] for r in two_process_trpo]
+    assert torch.equal(ranks[0]["w"], ranks[1]["w"])
+    assert torch.equal(ranks[0]["log_std"], ranks[1]["log_std"])
+    for mine in ranks:
+        for k in ("w", "log_std"):
+            torch.testing.assert_close(mine[k], ref[k], rtol=0, atol=1e-12)
+        a, b = mine["result"], ref["result"]
+        assert a.line_search.tries == b.line_search.tries
+        for x, y in [(a.loss_before, b.loss_before), (a.step_norm, b.step_norm),
+                     (a.expected_kl, b.expected_kl), (a.line_search.loss, b.line_search.loss),
+                     (a.line_search.kl, b.line_search.kl)]:  # fmt: skip
+            assert abs(x - y) <= 1e-12 * max(1.0, abs(y)), (x, y)
+    # a shard alone takes another step: the reduction is what makes them equal
+    alone = _gaussian_trpo(slice(0, 3))
+    assert (alone["w"] - ref["w"]).abs().max() > 1e-6
+
+
+def test_navigation_meta_step_on_two_processes_equals_one_on_all_tasks(two_process_trpo):
+    """Each rank's tasks and rollout seed are fixed, so both sides sample the same
+    trajectories; one process takes the TRPO step of the task-weighted mean of the two
+    shards' surrogates and KLs (the mean over all tasks)."""
+    torch.set_num_threads(1)
+    (p0, s0), (p1, s1) = (r["nav"] for r in two_process_trpo)
+    for k, p in p0.items():  # parameters start equal (same seed) and stay equal
+        assert torch.equal(p, p1[k]), k
+    assert s0 == s1
+
+    learner = _nav_learner()
+    init = {k: p.detach().clone() for k, p in learner.named_parameters()}
+    batches = _nav_batches()
+    parts = [learner.outer_objective(b) for b in batches]
+    sizes = [b.num_tasks for b in batches]
+
+    def loss_and_kl():
+        values = [f() for f, _ in parts]
+        loss = sum(n * v[0] for n, v in zip(sizes, values)) / NAV_TASKS
+        return loss, sum(n * v[1] for n, v in zip(sizes, values)) / NAV_TASKS
+
+    cfg = learner.config
+    result = rl.trpo_step(
+        [p for p in learner.parameters() if p.requires_grad], loss_and_kl,
+        max_kl=cfg["max_kl"], damping=cfg["cg_damping"], cg_iterations=cfg["cg_iterations"],
+        backtrack_ratio=cfg["backtrack_ratio"], max_backtracks=cfg["max_backtracks"],
+    )  # fmt: skip
+    assert result.line_search.accepted
+    for k, p in learner.named_parameters():
+        torch.testing.assert_close(p0[k], p.detach(), rtol=0, atol=1e-12)
+    assert any((p0[k] - init[k]).abs().max() > 1e-6 for k in init)
+    assert abs(s0["loss"] - result.loss_before) <= 1e-12
+    assert s0["step_fraction"] == result.line_search.fraction
+    assert abs(s0["kl"] - result.line_search.kl) <= 1e-12
+    for key, name in (("return_pre", "pre"), ("return_adapted", "batches")):
+        trajs = [getattr(a, name) for _, a in parts]
+        trajs = [t[-1] if isinstance(t, list) else t for t in trajs]
+        whole = float(torch.cat([t.returns() for t in trajs]).mean())  # (float32 rollouts)
+        assert abs(s0[key] - whole) <= 1e-6 * abs(whole), key
+        assert abs(s0[key] - float(trajs[0].returns().mean())) > 1e-3, key
+
+
+def test_trainer_keeps_the_navigation_learners_identical_and_ranks_draw_their_own_tasks(
+    two_process_trpo,
+):
+    fits = [r["fit"] for r in two_process_trpo]
+    for k, p in fits[0]["params"].items():
+        assert torch.equal(p, fits[1]["params"][k]), k
+    torch.manual_seed(0)
+    init = dict(NavigationLearner(NAV_CONFIG).named_parameters())
+    assert any(not torch.equal(p, init[k]) for k, p in fits[0]["params"].items())
+    assert fits[0]["goals"].shape == (3, 2) and fits[1]["goals"].shape == (2, 2)
+    assert not torch.equal(fits[0]["goals"][:2], fits[1]["goals"])
+    assert fits[0]["seed"] != fits[1]["seed"]
+
+
 # ------------------------------------------------------------------ pieces
 def test_share_splits_exactly_and_refuses_an_empty_rank():
     for total in (2, 5, 7, 64):
@@ -296,6 +484,38 @@ def test_torchrun_trains_and_one_process_resumes(tmp_path):
     assert "resuming a checkpoint of 2 process(es) with 1" in more.stdout
     obj = load_file(out / "checkpoint.ckpt")
     assert obj["iteration"] == 6 and "world_size" not in obj
+    for name, p in obj["state_dict"].items():
+        assert torch.isfinite(p).all(), name
+    assert any(not torch.equal(p, ckpt["state_dict"][n]) for n, p in obj["state_dict"].items())
+
+
+def test_torchrun_trains_navigation_and_one_process_resumes(tmp_path):
+    """The TRPO domain under torchrun: 3 goals per meta-batch split 2 + 1, rank 0 the only
+    writer, each rank its own goals and rollouts; then one process continues the run."""
+    out = tmp_path / "nav"
+    common = ["--out", str(out), "--skip-eval", "--quiet", "--no-tensorboard", "--threads", "1"]
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    train = ["-m", "mumo_fast.cli", "train", "navigation", "--tasks", "3", "--trajectories", "3"]
+    train += ["--horizon", "10"]
+    done = _cli(*launch, *train, "--iterations", "2", *common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = load_file(out / "checkpoint.ckpt")
+    assert ckpt["iteration"] == 2 and ckpt["world_size"] == 2
+    states = [s["data"] for s in ckpt["rank_rng"]]
+    assert len(states) == 2 and not torch.equal(states[0], states[1])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.ckpt", "log.jsonl", "model.pt", "run.json",
+    ]  # fmt: skip
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2]  # one writer, every iteration once
+    assert all(math.isfinite(r["loss"]) and 0 <= r["kl"] <= 0.01 for r in log)
+    assert any(r["step_fraction"] > 0 for r in log)
+
+    more = _cli(*train, "--iterations", "3", "--resume", *common, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "resuming a checkpoint of 2 process(es) with 1" in more.stdout
+    obj = load_file(out / "checkpoint.ckpt")
+    assert obj["iteration"] == 3 and "world_size" not in obj
     for name, p in obj["state_dict"].items():
         assert torch.isfinite(p).all(), name
     assert any(not torch.equal(p, ckpt["state_dict"][n]) for n, p in obj["state_dict"].items())

@@ -24,6 +24,7 @@ from ..train import (
     resolve_model_path,
     seed_everything,
 )
+from ..train.trainer import takes_reduce
 from . import UsageError
 
 RUN_FILE = "run.json"
@@ -115,11 +116,6 @@ def train_run(
     from ..meta import MetaLearner
 
     main = distributed.is_main()
-    if distributed.world_size() > 1 and run["train"].get("learner_steps"):
-        raise UsageError(
-            f"the {run['domain']} domain trains in one process only (its learner takes its "
-            f"own update step), not {distributed.world_size()}: launch it without torchrun"
-        )
     out = Path(args.out)
     distributed.barrier()  # every process has read the run's files before rank 0 writes
     if main:
@@ -127,6 +123,12 @@ def train_run(
         (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     seed_everything(run["seed"])
     learner = (build_learner or MetaLearner.from_config)(run["learner"])
+    steps_itself = run["train"].get("learner_steps")
+    if distributed.world_size() > 1 and steps_itself and not takes_reduce(learner):
+        raise UsageError(
+            f"the {run['domain']} domain trains in one process only (its learner takes its "
+            f"own update step), not {distributed.world_size()}: launch it without torchrun"
+        )
     if args.compile:
         learner.use_compiled_inner_loop()
     trainer = Trainer(

@@ -389,6 +389,7 @@ def trpo_step(
     cg_iterations: int = 10,
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> TRPOResult:
     """One TRPO update of ``params`` in place (the paper's defaults).
 
@@ -404,6 +405,14 @@ def trpo_step(
     With ``kl_fn=None``, ``loss_fn()`` returns ``(loss, kl)`` computed together (one inner
     loop and one forward for both, as MAML-TRPO's surrogate does; the loss's gradient then
     keeps the shared graph for the KL's Hessian-vector products).
+
+    ``reduce``: for data-parallel training, where ``loss_fn`` and ``kl_fn`` are means over
+    this process's share of the tasks; ``reduce(x)`` turns such a local value (a tensor)
+    into the whole batch's (e.g. ``mumo_fast.train.distributed.task_mean``). It is applied
+    to the flat surrogate gradient, to every Hessian-vector product of the KL (the damping
+    added after it) and to the losses and KLs the line search compares, so every process
+    computes the same direction and the same accepted fraction, and parameters that start
+    equal stay equal. None (the default): the local values are the batch's.
     """
     params = list(params)
     if kl_fn is None:
@@ -419,7 +428,18 @@ def trpo_step(
 
     g = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=kl is not None)
     g = flat_concat(g, like=params).detach()
-    hvp = hessian_vector_product(kl if kl is not None else kl_fn(), params, damping=damping)
+    kl_at_start = kl if kl is not None else kl_fn()  # type: ignore[misc]
+    if reduce is None:
+        hvp = hessian_vector_product(kl_at_start, params, damping=damping)
+        loss_before = float(loss.detach())
+    else:
+        g = reduce(g)
+        local_hvp = hessian_vector_product(kl_at_start, params)
+
+        def hvp(v: Tensor) -> Tensor:
+            return reduce(local_hvp(v)) + damping * v
+
+        loss_before = float(reduce(loss.detach()))
     direction = conjugate_gradient(hvp, g, cg_iterations)
     step, expected_kl = kl_step(direction, hvp, max_kl, with_kl=True)
     old = flat_concat([p.detach() for p in params]).clone()
@@ -427,12 +447,14 @@ def trpo_step(
     def evaluate(fraction: float) -> tuple[float, float]:
         assign_flat(params, old - fraction * step)
         new_loss, new_kl = losses()
+        if reduce is not None:
+            both = reduce(torch.stack([new_loss.detach(), new_kl.detach()]))
+            return float(both[0]), float(both[1])
         return float(new_loss.detach()), float(new_kl.detach())
 
     result = backtracking_line_search(
-        evaluate, float(loss.detach()), max_kl=max_kl, ratio=backtrack_ratio,
-        max_steps=max_backtracks,
-    )  # fmt: skip
+        evaluate, loss_before, max_kl=max_kl, ratio=backtrack_ratio, max_steps=max_backtracks
+    )
     if not result.accepted:
         assign_flat(params, old)
-    return TRPOResult(float(loss.detach()), result, float(step.norm()), expected_kl)
+    return TRPOResult(loss_before, result, float(step.norm()), expected_kl)

@@ -14,6 +14,8 @@ task-weighted gradients (and the logged losses) in one flat buffer, which also m
 uneven splits (T not divisible by the number of processes) exact. Every process then
 holds the same gradient, clips it the same way and takes the same optimizer step, so
 the parameters stay identical (they are broadcast from rank 0 once, at the start).
+A learner that takes its own update step (navigation's TRPO) gets :func:`task_mean` as
+its ``reduce`` hook instead and averages every quantity of its step the same way.
 This is an explicit all-reduce rather than DistributedDataParallel: the inner loop
 differentiates through ``autograd.grad(create_graph=True)``, which DDP's backward hooks
 do not support, and one all-reduce per meta-step is all the communication there is.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -146,6 +148,39 @@ def broadcast_state(module: torch.nn.Module) -> None:
         raise _fail("broadcasting the parameters from rank 0", e) from e
 
 
+def _all_reduce_sum(flat: torch.Tensor, what: str) -> torch.Tensor:
+    try:
+        dist.all_reduce(flat)
+    except RuntimeError as e:
+        raise _fail(what, e) from e
+    return flat
+
+
+def task_mean(num_tasks: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``reduce(x)``: the task-weighted mean over processes of a value ``x`` that each
+    process computed as the mean over its own ``num_tasks`` tasks, i.e. the value of the
+    whole meta-batch ``sum_r t_r * x_r / T`` (elementwise, any shape; summed in float64,
+    returned in ``x``'s dtype and device, without gradient). Every process must call it
+    with values of the same shape, as often as the others (one all-reduce per call).
+
+    This is the hook of :func:`mumo_fast.meta.rl.trpo_step` (``reduce=``) for a learner
+    that takes its own TRPO step: applied to the surrogate's gradient, to each
+    Hessian-vector product of the KL and to the losses and KLs the line search compares,
+    it makes every process take the TRPO step of the whole meta-batch."""
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be positive, got {num_tasks}")
+
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        if not active():
+            return x
+        flat = x.detach().reshape(-1).to(torch.float64) * num_tasks
+        count = torch.tensor([float(num_tasks)], dtype=torch.float64, device=flat.device)
+        flat = _all_reduce_sum(torch.cat([flat, count]), "the task-weighted all-reduce")
+        return (flat[:-1] / flat[-1]).to(x.dtype).view(x.shape)
+
+    return reduce
+
+
 def reduce_step(
     params: Iterable[torch.nn.Parameter],
     stats: dict[str, float],
@@ -174,11 +209,7 @@ def reduce_step(
         else torch.zeros(n, dtype=torch.float64, device=ref.device)
         for p, n in zip(params, sizes)
     ]
-    flat = torch.cat(parts)
-    try:
-        dist.all_reduce(flat)
-    except RuntimeError as e:
-        raise _fail("the meta-gradient all-reduce", e) from e
+    flat = _all_reduce_sum(torch.cat(parts), "the meta-gradient all-reduce")
     head = flat[: head.numel()].cpu()
     total = float(head[0])
     reduced = {k: float(head[1 + i]) / total for i, k in enumerate(keys)}

@@ -8,6 +8,7 @@ generator's) and, once training ends, `model.pt` (weights and config only).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import signal
@@ -72,6 +73,15 @@ class TrainSettings:
         check_clip_groups(self.clip_groups)
 
 
+def takes_reduce(learner: torch.nn.Module) -> bool:
+    """Whether ``learner.meta_train_step`` accepts ``reduce=`` (a learner that takes its
+    own update step, e.g. navigation's TRPO, reduces over the processes with it)."""
+    try:
+        return "reduce" in inspect.signature(learner.meta_train_step).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 # Consecutive iterations with a non-finite loss or gradient (each skipped) after which a
 # run stops as diverged.
 MAX_NONFINITE_STREAK = 50
@@ -112,8 +122,11 @@ class Trainer:
     :mod:`mumo_fast.train.distributed`) each process draws its own share of the
     meta-batch (``sample_batch`` returns that share, its ``num_tasks`` the share's size)
     from a generator seeded from (seed, rank); the meta-gradient is all-reduced before
-    clipping and the optimizer step. Only rank 0 logs, shows progress, validates and
-    writes files; the checkpoint holds every rank's generator state.
+    clipping and the optimizer step. A learner that takes its own update step
+    (``learner_steps``) gets ``reduce=distributed.task_mean(batch.num_tasks)`` in
+    ``meta_train_step`` instead and reduces what its step needs itself. Only rank 0 logs,
+    shows progress, validates and writes files; the checkpoint holds every rank's
+    generator state.
     """
 
     def __init__(
@@ -140,11 +153,11 @@ class Trainer:
         self.tensorboard = tensorboard
         self.world = distributed.world_size()
         self.rank = distributed.rank()
-        if self.world > 1 and settings.learner_steps:
+        if self.world > 1 and settings.learner_steps and not takes_reduce(learner):
             raise ValueError(
-                "a learner that updates its own parameters (learner_steps, e.g. navigation's "
-                f"TRPO step) trains in one process only, not {self.world}: launch it without "
-                "torchrun (or with --nproc-per-node 1)"
+                "a learner that updates its own parameters (learner_steps) without a `reduce` "
+                f"argument to meta_train_step trains in one process only, not {self.world}: "
+                "launch it without torchrun (or with --nproc-per-node 1)"
             )
         self.main = self.rank == 0
         self.progress = progress and self.main
@@ -263,7 +276,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # the post-modulation loss (an extra forward pass) only where it is logged
         batch = self.sample_batch(self.generator)
-        stats = self.learner.meta_train_step(batch, post_mod_loss=self._logs(self.iteration + 1))
+        own = {}
+        if self.world > 1 and self.settings.learner_steps:
+            # the learner's own update step reduces what it needs over the processes
+            own = {"reduce": distributed.task_mean(batch.num_tasks)}
+        stats = self.learner.meta_train_step(
+            batch, post_mod_loss=self._logs(self.iteration + 1), **own
+        )
         if self.world > 1:
             stats = self._reduce(stats, batch.num_tasks)
         finite = math.isfinite(stats["loss"])

@@ -26,7 +26,9 @@ One meta-iteration (paper Alg. 1 with TRPO, MAML-RL's sample processing):
    both through the inner loop (second order; the KL's Hessian-vector products third
    order), over every meta-parameter: MLP, log-std and, for MuMoMAML, the encoder and the
    modulation heads.  The learner updates its own parameters (the trainer runs with
-   ``TrainSettings(learner_steps=True)``).
+   ``TrainSettings(learner_steps=True)``); under torchrun each process samples its share
+   of the tasks and ``meta_train_step(..., reduce=)`` averages the TRPO step's quantities
+   over the processes.
 
 The learner is also the agent a user drives (``mumo_fast.load`` returns it): ``adapt(goal
 or gymnasium env, steps)`` then ``act(observation)``.
@@ -35,6 +37,7 @@ or gymnasium env, steps)`` then ``act(observation)``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +183,10 @@ class NavigationBatch:
 
     goals: Tensor
     seed: int
+
+    @property
+    def num_tasks(self) -> int:
+        return self.goals.shape[0]
 
     def to(self, *args, **kwargs) -> NavigationBatch:
         return NavigationBatch(self.goals.to(*args, **kwargs), self.seed)
@@ -369,30 +376,44 @@ class NavigationLearner(nn.Module):
 
         return loss_and_kl, a
 
-    def meta_train_step(self, batch: NavigationBatch, post_mod_loss: bool = True) -> dict:
+    def meta_train_step(
+        self,
+        batch: NavigationBatch,
+        post_mod_loss: bool = True,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict:
         """One TRPO meta-update of every parameter (in place; ``post_mod_loss`` is unused:
         the returns below come with the sampling).  Returns the surrogate loss before the
         update and diagnostics: the mean undiscounted returns of the pre-modulation
         (MuMoMAML), modulated (MAML: initial) and adapted trajectories, the accepted step's
-        KL and step fraction (both 0 when the line search accepted no step)."""
+        KL and step fraction (both 0 when the line search accepted no step).
+
+        ``reduce``: data-parallel training, where ``batch`` is this process's share of the
+        meta-batch; ``reduce(x)`` turns a mean over this share into the whole meta-batch's
+        (the trainer passes ``mumo_fast.train.distributed.task_mean(batch.num_tasks)``).
+        ``rl.trpo_step`` then takes the whole batch's step on every process, and the
+        returned values are the whole batch's."""
         cfg = self._config
         loss_and_kl, a = self.outer_objective(batch)
         params = [p for p in self.parameters() if p.requires_grad]
         result = rl.trpo_step(
             params, loss_and_kl, max_kl=cfg["max_kl"], damping=cfg["cg_damping"],
             cg_iterations=cfg["cg_iterations"], backtrack_ratio=cfg["backtrack_ratio"],
-            max_backtracks=cfg["max_backtracks"],
+            max_backtracks=cfg["max_backtracks"], reduce=reduce,
         )  # fmt: skip
         ls = result.line_search
+        returns = {"return_modulated": a.batches[0], "return_adapted": a.batches[-1]}
+        if a.pre is not None:
+            returns["return_pre"] = a.pre
+        means = torch.stack([traj.returns().mean() for traj in returns.values()])
+        if reduce is not None:
+            means = reduce(means)
         stats = {
             "loss": result.loss_before,
-            "return_modulated": float(a.batches[0].returns().mean()),
-            "return_adapted": float(a.batches[-1].returns().mean()),
+            **{k: float(v) for k, v in zip(returns, means)},
             "kl": ls.kl if ls.accepted else 0.0,
             "step_fraction": ls.fraction if ls.accepted else 0.0,
         }
-        if a.pre is not None:
-            stats["return_pre"] = float(a.pre.returns().mean())
         return stats
 
     # ------------------------------------------------------------------ evaluation

@@ -31,6 +31,7 @@ from ..runs import (
     check_unchanged,
     device_from,
     model_record,
+    rank_share,
     read_metrics,
     read_run,
     train_run,
@@ -132,7 +133,9 @@ def _run_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 def make_sampler(num_tasks: int):
     """``sample_batch(generator)``: goals from the bimodal mixture and the seed of the
-    meta-batch's rollouts, both drawn from the trainer's generator (so resume is exact)."""
+    meta-batch's rollouts, both drawn from the trainer's generator (so resume is exact).
+    Under torchrun each process draws its share of the ``num_tasks`` goals and its own
+    rollout seed from its own generator (seeded from the seed and its rank)."""
 
     def sample_batch(generator: torch.Generator) -> NavigationBatch:
         goals = sample_goals(num_tasks, generator, device=generator.device)
@@ -156,7 +159,8 @@ def train(args: argparse.Namespace) -> int:
         plot_run(args.out, device=device, learner=learner, metrics=metrics)
 
     return train_run(
-        args, run, make_sampler(run["data"]["tasks"]), device, finish=finish,
+        args, run, make_sampler(rank_share(run["data"]["tasks"], "--tasks")), device,
+        finish=finish,
         build_learner=NavigationLearner.from_config,
     )  # fmt: skip
 
