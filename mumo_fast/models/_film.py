@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-FilmArg = Sequence[tuple[Tensor | None, Tensor | None]] | None
+FiLMArg = Sequence[tuple[Tensor | None, Tensor | None]] | None
 FastArg = Mapping[nn.Module, Callable[..., Tensor]] | None
 
 
@@ -20,7 +20,7 @@ def layers_with(fast: FastArg, task_axis: bool) -> Callable[[nn.Module], Callabl
     return lambda module: fast.get(module, module)
 
 
-def check_film(film: FilmArg, channels: list[int]) -> list[tuple[Tensor | None, Tensor | None]]:
+def check_film(film: FiLMArg, channels: list[int]) -> list[tuple[Tensor | None, Tensor | None]]:
     """One (gamma, beta) pair per modulated layer; None means no modulation anywhere."""
     if film is None:
         return [(None, None)] * len(channels)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..nn import FiLMBatchNorm, FiLMConv2d, FiLMLinear
-from ._film import FastArg, FilmArg, check_film, layers_with
+from ._film import FastArg, FiLMArg, check_film, layers_with
 
 
 def _out_size(size: int, blocks: int) -> int:
@@ -53,7 +53,7 @@ class Conv4(nn.Module):
         self.film_channels: list[int] = [channels] * num_blocks
 
     def forward(
-        self, x: Tensor, film: FilmArg = None, *, task_axis: bool = False, fast: FastArg = None
+        self, x: Tensor, film: FiLMArg = None, *, task_axis: bool = False, fast: FastArg = None
     ) -> Tensor:
         pairs = check_film(film, self.film_channels)
         layer = layers_with(fast, task_axis)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..nn import FiLMLinear
-from ._film import FastArg, FilmArg, check_film, layers_with
+from ._film import FastArg, FiLMArg, check_film, layers_with
 
 
 class MLP(nn.Module):
@@ -38,7 +38,7 @@ class MLP(nn.Module):
         self.film_channels: list[int] = list(hidden_sizes)
 
     def forward(
-        self, x: Tensor, film: FilmArg = None, *, task_axis: bool = False, fast: FastArg = None
+        self, x: Tensor, film: FiLMArg = None, *, task_axis: bool = False, fast: FastArg = None
     ) -> Tensor:
         pairs = check_film(film, self.film_channels)
         layer = layers_with(fast, task_axis)

@@ -14,10 +14,10 @@ from torch import Tensor
 from . import _torch_internals, _validate, backends, reference
 from .backends import available_backends
 from .functions import (
-    FilmBatchNormFunction,
-    FilmConv2dFunction,
-    FilmLinearFunction,
-    FilmLinearLowRankFunction,
+    FiLMBatchNormFunction,
+    FiLMConv2dFunction,
+    FiLMLinearFunction,
+    FiLMLinearLowRankFunction,
 )
 
 __all__ = [
@@ -77,7 +77,7 @@ def film_linear(
     name = _pick(backend, x, "film_linear")
     if name == "reference":
         return reference.film_linear(x, weight, bias, gamma, beta, activation)
-    y, _ = FilmLinearFunction.apply(x, weight, bias, gamma, beta, activation, backends.load(name))
+    y, _ = FiLMLinearFunction.apply(x, weight, bias, gamma, beta, activation, backends.load(name))
     return y
 
 
@@ -103,7 +103,7 @@ def film_linear_lowrank(
     name = _pick(backend, x, "film_linear_lowrank")
     if name == "reference":
         return reference.film_linear_lowrank(x, weight, u, v, bias, gamma, beta, activation)
-    y, _ = FilmLinearLowRankFunction.apply(
+    y, _ = FiLMLinearLowRankFunction.apply(
         x, weight, u, v, bias, gamma, beta, activation, backends.load(name)
     )
     return y
@@ -132,7 +132,7 @@ def film_conv2d(
     name = _pick(backend, x, "film_conv2d")
     if name == "reference":
         return reference.film_conv2d(x, weight, bias, gamma, beta, stride, padding, activation)
-    y, _ = FilmConv2dFunction.apply(
+    y, _ = FiLMConv2dFunction.apply(
         x, weight, bias, gamma, beta, stride, padding, activation, backends.load(name)
     )
     return y
@@ -158,7 +158,7 @@ def film_batch_norm(
     name = _pick(backend, x, "film_batch_norm")
     if name == "reference":
         return reference.film_batch_norm(x, weight, bias, gamma, beta, eps, activation)
-    y, _, _ = FilmBatchNormFunction.apply(
+    y, _, _ = FiLMBatchNormFunction.apply(
         x, weight, bias, gamma, beta, float(eps), activation, backends.load(name)
     )
     return y

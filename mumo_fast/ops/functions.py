@@ -12,7 +12,7 @@ Forward mode: every Function has a ``jvp`` written in torch ops (the tangents of
 outputs from those of its inputs, with the saved inputs and outputs; no raw kernel), so
 ``torch.func.jvp``, ``jacfwd`` and forward-over-reverse (``hessian``: ``jacfwd`` of
 ``jacrev``, which differentiates the backward, itself built from torch ops and
-``FilmEpilogueBackward``) work on every backend.
+``FiLMEpilogueBackward``) work on every backend.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _epilogue_jvp(tz, t_gamma, t_beta, y4, z4, gamma, act) -> Tensor:
     return tu if d1 is None else tu * d1
 
 
-class FilmEpilogueBackward(_Function):
+class FiLMEpilogueBackward(_Function):
     """(dz, dgamma, dbeta, dbias) = epilogue_bwd(gy, y, z, gamma): the fused first
     backward of y = act(z*gamma + beta), itself differentiable (backward in torch ops)."""
 
@@ -181,9 +181,9 @@ def epilogue_grads(gy, gz, y4, z4, gamma, act, backend):
     dz = dgamma = dbeta = dbias = None
     if gy is not None:
         if not _plain_backward():
-            dz, dgamma, dbeta, dbias = FilmEpilogueBackward.apply(gy, y4, z4, gamma, act, backend)
+            dz, dgamma, dbeta, dbias = FiLMEpilogueBackward.apply(gy, y4, z4, gamma, act, backend)
         else:  # a first backward without create_graph: nothing will differentiate this
-            dz, dgamma, dbeta, dbias = FilmEpilogueBackward.forward(gy, y4, z4, gamma, act, backend)
+            dz, dgamma, dbeta, dbias = FiLMEpilogueBackward.forward(gy, y4, z4, gamma, act, backend)
     if gz is not None:
         dz = _add(dz, gz)
         dbias = _add(dbias, gz.sum(dim=(1, 3)))
@@ -286,7 +286,7 @@ def _film_tangents(ctx, tz, t_gamma, t_beta, y: Tensor, z: Tensor, gamma):
     return ty.reshape(y.shape), tz
 
 
-class FilmLinearFunction(_Function):
+class FiLMLinearFunction(_Function):
     """z = x W^T + b (W shared [OUT, IN] or per task [T, OUT, IN]); y = act(z*gamma + beta)."""
 
     generate_vmap_rule = True
@@ -325,7 +325,7 @@ class FilmLinearFunction(_Function):
         return dx, dweight, dbias, dgamma, dbeta, None, None
 
 
-class FilmLinearLowRankFunction(_Function):
+class FiLMLinearLowRankFunction(_Function):
     """z = x W^T + (x u^T) v + b per task; y = act(z*gamma + beta)."""
 
     generate_vmap_rule = True
@@ -414,7 +414,7 @@ def _conv_input_weight_grads(dz, x, weight, stride, padding, need_x, need_w):
     return dx, dw
 
 
-class FilmConv2dFunction(_Function):
+class FiLMConv2dFunction(_Function):
     """z = conv2d(x, W) + b (W shared or per task); y = act(z*gamma + beta)."""
 
     generate_vmap_rule = True
@@ -470,7 +470,7 @@ class FilmConv2dFunction(_Function):
         return dx, dweight, dbias, dgamma, dbeta, None, None, None, None
 
 
-class FilmBatchNormFunction(_Function):
+class FiLMBatchNormFunction(_Function):
     """Outputs (y, mean, rstd); mean and rstd are outputs so that the backward,
     which uses them, stays differentiable (never hidden intermediates)."""
 
@@ -536,12 +536,12 @@ class FilmBatchNormFunction(_Function):
             dx, dweight, dbias, dgamma, dbeta = ctx.backend.bn_bwd(
                 gy4.contiguous(), x4.contiguous(), y4.contiguous(), mean, rstd, w, b, gamma, ctx.act
             )
-        else:  # differentiable: torch ops and FilmEpilogueBackward (whose backward is torch ops)
+        else:  # differentiable: torch ops and FiLMEpilogueBackward (whose backward is torch ops)
             if gy is not None:
                 backend = ctx.backend
 
                 def epilogue_bwd(gy, y, z, gamma, act):
-                    return FilmEpilogueBackward.apply(gy, y, z, gamma, act, backend)
+                    return FiLMEpilogueBackward.apply(gy, y, z, gamma, act, backend)
 
                 dx, dweight, dbias, dgamma, dbeta = eager.bn_bwd(
                     gy4, x4, y4, mean, rstd, w, b, gamma, ctx.act, epilogue_bwd=epilogue_bwd
