@@ -72,10 +72,18 @@ class _Scale(Function):
 def test_apply_unbound_is_function_apply():
     """The same output, graph and gradient as ``Function.apply``, whose non-transform path
     (argument binding, then dead functorch wrappers unwrapped, then the C++ apply) it
-    repeats without the binding."""
-    source = inspect.getsource(Function.apply)
-    assert "_are_functorch_transforms_active" in source
-    assert "unwrap_dead_wrappers(args)" in source
+    repeats without the binding where torch writes that path in Python, and which it calls
+    directly where ``Function.apply`` is torch's C++ apply."""
+    in_python = isinstance(Function.__dict__["apply"], classmethod)
+    assert internals.TORCH_APPLY_IN_PYTHON == in_python
+    if in_python:
+        source = inspect.getsource(Function.apply)
+        assert "_are_functorch_transforms_active" in source
+        assert "unwrap_dead_wrappers(args)" in source
+    else:
+        c_apply = torch._C._FunctionBase.__dict__["apply"]
+        assert Function.__dict__["apply"] is c_apply
+        assert super(Function, _Scale).apply == c_apply.__get__(None, _Scale)
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     factor = float(torch.rand(()) + 0.5)
     got = internals.apply_unbound(_Scale, (x, factor))

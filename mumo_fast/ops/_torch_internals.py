@@ -13,8 +13,12 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
-from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
 from torch.autograd import Function
+
+# torch < 2.14 defines Function.apply in Python (argument binding with inspect.signature,
+# then dead functorch wrappers unwrapped, then the C++ apply); from 2.14 on it is the C++
+# apply of torch._C._FunctionBase itself.
+TORCH_APPLY_IN_PYTHON = isinstance(Function.__dict__["apply"], classmethod)
 
 
 def forward_ad_level() -> int:
@@ -43,5 +47,12 @@ def is_view(t: Tensor) -> bool:
 def apply_unbound(cls: type[Function], args: tuple):
     """``cls.apply(*args)`` for a Function called with all its arguments positionally and
     no torch.func transform active (check :func:`functorch_transforms_active` first): what
-    ``Function.apply`` does in that case, without its per-call argument binding."""
-    return super(Function, cls).apply(*_unwrap_dead_wrappers(args))
+    ``Function.apply`` does in that case, without its per-call argument binding (a plain
+    call of torch's C++ apply where that is ``Function.apply`` already)."""
+    if TORCH_APPLY_IN_PYTHON:
+        return super(Function, cls).apply(*_unwrap_dead_wrappers(args))
+    return super(Function, cls).apply(*args)
+
+
+if TORCH_APPLY_IN_PYTHON:
+    from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
