@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..ops.backends.eager import activation_grad_from_output
+from ..ops.activations import activation_grad_from_output
 from .fast_weights import FastWeights, LinearWeights, Tape, forward, param_name
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (output [T, N, ...], target) -> per-task loss [T]
