@@ -19,6 +19,8 @@ from torch.autograd import Function
 # then dead functorch wrappers unwrapped, then the C++ apply); from 2.14 on it is the C++
 # apply of torch._C._FunctionBase itself.
 TORCH_APPLY_IN_PYTHON = isinstance(Function.__dict__["apply"], classmethod)
+if TORCH_APPLY_IN_PYTHON:
+    from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
 
 
 def forward_ad_level() -> int:
@@ -52,7 +54,3 @@ def apply_unbound(cls: type[Function], args: tuple):
     if TORCH_APPLY_IN_PYTHON:
         return super(Function, cls).apply(*_unwrap_dead_wrappers(args))
     return super(Function, cls).apply(*args)
-
-
-if TORCH_APPLY_IN_PYTHON:
-    from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
