@@ -282,8 +282,6 @@ def higher_step(learner: MetaLearner, batch: TaskBatch, first_order: bool, modul
 def _world_worker(rank: int, world: int, store: str, out: str, cfg: dict) -> None:
     """One of ``world`` processes: per order, warm-up, then rounds of (rank 0 alone on
     the whole batch; every process on its share + the all-reduce). Rank 0 writes the times."""
-    import datetime
-
     import torch.distributed as dist
 
     from mumo_fast.train import distributed
@@ -292,9 +290,9 @@ def _world_worker(rank: int, world: int, store: str, out: str, cfg: dict) -> Non
     METHOD = cfg["method"]
     torch.set_num_threads(1)
     apply_allocator(cfg["allocator"])
-    dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-        timeout=datetime.timedelta(seconds=1800),
+    distributed.init_group(
+        "gloo", distributed.DEFAULT_TIMEOUT, init_method=f"file://{store}", rank=rank,
+        world_size=world,
     )  # fmt: skip
     omniglot = cfg["domain"] == "omniglot"
     t = cfg["tasks"]
@@ -338,7 +336,7 @@ def _world_worker(rank: int, world: int, store: str, out: str, cfg: dict) -> Non
     if rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)
-    dist.destroy_process_group()
+    distributed.shutdown()
 
 
 def main_world(args) -> None:

@@ -5,10 +5,11 @@ instead of blocking it."""
 
 from __future__ import annotations
 
-import datetime
+import importlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -34,12 +35,8 @@ WORLD = 2
 
 def _init(rank: int, store: str, timeout: float = 60.0) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=timeout),
+    distributed.init_group(
+        "gloo", timeout, init_method=f"file://{store}", rank=rank, world_size=WORLD
     )
 
 
@@ -129,7 +126,7 @@ def _step_worker(rank, store, out):
             results["learner_steps"] = str(e)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()
 
 
 def _sampled(gen: torch.Generator) -> TaskBatch:
@@ -319,7 +316,7 @@ def _trpo_worker(rank, store, out):
             {"gaussian": gaussian, "nav": (params, stats), "fit": fit}, Path(out) / f"trpo{rank}.pt"
         )
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -450,6 +447,44 @@ def test_a_hung_peer_ends_the_collective_with_an_error(tmp_path):
     assert message.startswith("rank 0: the meta-gradient all-reduce failed"), message
     assert "--dist-timeout" in message
     assert float(seconds) < 3.5  # the 1.5 s timeout, not the peer's return after 4 s
+
+
+def _gloo_threads() -> list[str]:
+    """This process's threads that gloo started (Linux names them in /proc)."""
+    names = (Path(t, "comm").read_text().strip() for t in Path("/proc/self/task").iterdir())
+    return sorted(n for n in names if "gloo" in n)
+
+
+def _shutdown_worker(rank, port, out):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
+        RANK=str(rank), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    imported_early = "torch.distributed.nn.functional" in sys.modules
+    distributed.init_from_env("cpu", timeout=60)
+    importlib.import_module("torch._dynamo")  # as training does, after the group exists
+
+    distributed.gather_to_main({"rank": rank})
+    running = _gloo_threads()
+    distributed.shutdown()
+    result = {"imported_early": imported_early, "running": running, "left": _gloo_threads()}
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names in /proc")
+def test_shutdown_frees_the_process_group_and_ends_gloos_threads(tmp_path):
+    """A group that outlives shutdown keeps gloo's worker threads past the interpreter's
+    end, where torch 2.14 aborts the process when one of them releases a tensor."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _spawn(_shutdown_worker, port, str(tmp_path))
+    for rank in range(WORLD):
+        result = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert not result["imported_early"]  # else the test would not exercise the fix
+        assert result["running"], "no gloo threads seen while the group existed"
+        assert result["left"] == [], f"rank {rank}: gloo threads after shutdown: {result['left']}"
 
 
 # ------------------------------------------------------------------ the CLI under torchrun

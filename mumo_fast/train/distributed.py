@@ -69,6 +69,22 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def init_group(backend: str, timeout: float, **init: Any) -> None:
+    """``torch.distributed.init_process_group(backend, timeout=..., **init)``, made so
+    that :func:`shutdown` frees the group. ``timeout`` in seconds.
+
+    torch.distributed.nn.functional's functions take ``group=group.WORLD`` as a default,
+    evaluated when the module is imported: imported after the group exists (torch._dynamo
+    imports it, lazily), they hold the group for the life of the process, so
+    destroy_process_group cannot free it and gloo's worker threads outlive the
+    interpreter. On torch 2.14 such a thread releasing its last collective's tensors during
+    interpreter shutdown aborts the process ("terminate called without an active
+    exception"). Imported first, the defaults are None."""
+    import torch.distributed.nn.functional  # noqa: F401
+
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout), **init)
+
+
 def init_from_env(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> bool:
     """Join the process group torchrun describes in the environment (once; nothing
     when this is a single process). ``device``: the ``--device`` given; on CUDA each
@@ -84,11 +100,13 @@ def init_from_env(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> bool
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank())
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
+    init_group("nccl" if cuda else "gloo", timeout)
     return active()
 
 
 def shutdown() -> None:
+    """Leave the process group; for one joined by :func:`init_group` this frees it and
+    ends gloo's worker threads."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
