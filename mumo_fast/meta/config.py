@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 METHODS = ("maml", "multi-maml", "mumomaml")
+# the methods a domain without mode labels can train (multi-maml needs each task's mode)
+METHODS_WITHOUT_MODES = ("maml", "mumomaml")
 BASES = ("mlp", "conv4")
 LOSSES = ("mse", "cross_entropy")
 FAST_WEIGHTS = ("auto", "dense", "lowrank")

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from ...meta import rl
+from ...meta.config import METHODS_WITHOUT_MODES as METHODS
 from ...meta.fast_weights import FastWeights, forward, init_fast_weights
 from ...meta.inner_loop import inner_step
 from ...meta.modulation import ModulationHeads
@@ -53,7 +54,6 @@ from ...models import MLP
 from .env import HORIZON, MAX_ACTION, BatchedNavigationEnv
 from .sampling import Trajectories, gaussian_policy, rollout
 
-METHODS = ("mumomaml", "maml")
 LEARNER_CLASS = "mumo_fast.domains.navigation.learner:NavigationLearner"
 
 DEFAULTS: dict[str, Any] = {

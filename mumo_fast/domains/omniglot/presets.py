@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...meta.config import METHODS as ALL_METHODS
+from ...meta.config import METHODS_WITHOUT_MODES as METHODS
 from ...meta.modulation import MODULATIONS
 
-METHODS = tuple(m for m in ALL_METHODS if m != "multi-maml")  # Omniglot has no mode labels
 AGGREGATORS = ("gru", "mean")
 WAYS = (5, 20)
 SHOTS = (1, 5)
